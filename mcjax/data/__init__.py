@@ -1,0 +1,7 @@
+"""Datasets as device-resident arrays, and their transforms."""
+
+from mcjax.data.core import Dataset
+from mcjax.data.core import Split
+from mcjax.data.core import to_split
+from mcjax.data.transforms import augment
+from mcjax.data.transforms import normalize

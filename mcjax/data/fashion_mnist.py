@@ -1,0 +1,68 @@
+"""Fashion-MNIST from its four IDX files, padded to 32x32."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+
+import numpy as np
+
+from mcjax.data import core
+from mcjax.data import transforms
+
+# Where Debian's dataset-fashion-mnist package installs the IDX files.
+DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+# 28x28 images get 2 zero pixels on each side, so VGG's five 2x2 pools apply.
+PAD = 2
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an IDX file (optionally gzip-compressed) of unsigned bytes.
+
+  The format is a big-endian header: two zero bytes, a type code (0x08 for
+  uint8), the number of dimensions, one uint32 size per dimension, then the
+  data in row-major order.
+  """
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    header = f.read(4)
+    if len(header) != 4 or header[:2] != b"\x00\x00":
+      raise ValueError(f"{path} is not an IDX file: its header is {header!r}.")
+    if header[2] != 0x08:
+      raise ValueError(
+          f"{path} holds IDX type 0x{header[2]:02x}; only unsigned bytes (0x08) "
+          "are supported.")
+    shape = struct.unpack(f">{header[3]}I", f.read(4 * header[3]))
+    data = np.frombuffer(f.read(), dtype=np.uint8)
+  if data.size != int(np.prod(shape)):
+    raise ValueError(
+        f"{path} is truncated: its header gives shape {shape} "
+        f"({int(np.prod(shape))} values) but it holds {data.size}.")
+  return data.reshape(shape)
+
+
+def read_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (images uint8 (N, 32, 32, 1), labels int32 (N,)) for a split."""
+  images_file, labels_file = FILES[split]
+  images = read_idx(os.path.join(data_dir, images_file))
+  labels = read_idx(os.path.join(data_dir, labels_file)).astype(np.int32)
+  if images.ndim != 3 or images.shape[0] != labels.shape[0]:
+    raise ValueError(
+        f"Fashion-MNIST {split} files in {data_dir} disagree: images of shape "
+        f"{images.shape}, labels of shape {labels.shape}.")
+  images = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD)))[..., None]
+  return images, labels
+
+
+def load_idx(data_dir: str = DEFAULT_DIR) -> core.Dataset:
+  """Loads Fashion-MNIST from the four IDX `.gz` files in `data_dir`."""
+  splits = {name: core.to_split(*read_split(data_dir, name)) for name in FILES}
+  return core.Dataset(
+      name="fashion_mnist", train=splits["train"], test=splits["test"],
+      num_classes=10, mean=transforms.FASHION_MNIST_MEAN,
+      std=transforms.FASHION_MNIST_STD)
