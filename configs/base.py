@@ -55,6 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Load this endpoint instead of training it: a dnn-mode-connectivity
   # PyTorch `.pt` checkpoint ("" = train).
   config.endpoint.checkpoint = ""
+  # Folder of an endpoint stage shared by several experiments, such as the
+  # seed-0 endpoint of the three depths ("" = WORKDIR/endpoint). A shared
+  # folder whose endpoint came from other dataset, model or endpoint fields is
+  # an error, and is never removed or overwritten.
+  config.endpoint.shared_dir = ""
   # Training epochs (full passes over the training split).
   config.endpoint.epochs = 200
   # Examples per SGD step.
@@ -86,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.endpoint_b.seed = 1
   # Load the second endpoint from a `.pt` checkpoint ("" = train).
   config.endpoint_b.checkpoint = ""
+  # Shared folder of the second endpoint's stage, as endpoint.shared_dir
+  # ("" = WORKDIR/endpoint_b).
+  config.endpoint_b.shared_dir = ""
 
   # The permutation that makes the end of the curve.
   config.permute = ml_collections.ConfigDict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
 import json
@@ -28,21 +29,26 @@ class Context:
   Args:
     config: a validated experiment config.
     workdir: the experiment folder; each stage writes under
-      `workdir/<stage name>/`.
+      `workdir/<stage name>/` unless `folder_of` says otherwise.
+    folder_of: returns the output folder of a stage name (the pipeline's
+      `folder`, which knows about shared endpoint folders).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               folder_of: Callable[[str], str] | None = None):
     self.config = config
     self.workdir = workdir
-    self.tracker = None  # Set by the experiment when W&B logging is on.
+    self.folder_of = folder_of
 
   def folder(self, stage: str) -> str:
     """Returns the output folder of a stage."""
+    if self.folder_of is not None:
+      return self.folder_of(stage)
     return os.path.join(self.workdir, stage)
 
   def path(self, stage: str, name: str) -> str:
     """Returns the path of the file `name` in a stage's folder."""
-    return os.path.join(self.workdir, stage, name)
+    return os.path.join(self.folder(stage), name)
 
   @functools.cached_property
   def dataset(self) -> data.Dataset:

@@ -54,10 +54,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None,
 
   ctx = context_lib.Context(config, workdir)
   runner = pipeline.Pipeline(stages_lib.STAGES, config, workdir, ctx)
+  ctx.folder_of = runner.folder
   if stages is not None:
     # Fail on a wrong name before any stage runs.
     runner.check_selection(stages)
   with tracking.tracker(config, workdir) as tracker:
-    ctx.tracker = tracker
-    states = runner.run(stages, on_complete=tracker.log_stage)
-  return states
+    return runner.run(stages, on_complete=tracker.log_stage)

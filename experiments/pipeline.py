@@ -64,6 +64,9 @@ class Stage:
     enabled: whether the stage is part of the pipeline for a config.
     extra_outputs: files outside the stage folder that the stage writes,
       relative to the workdir (removed with the folder when stale).
+    shared_dir: returns a folder that several experiments share in place of
+      WORKDIR/<name>, or "" for none. A shared folder is never removed: when
+      it is stale or partial the run stops with an error.
   """
 
   name: str
@@ -73,6 +76,7 @@ class Stage:
   ignore: tuple[str, ...] = ()
   enabled: Callable[[ml_collections.ConfigDict], bool] = lambda config: True
   extra_outputs: tuple[str, ...] = ()
+  shared_dir: Callable[[ml_collections.ConfigDict], str] = lambda config: ""
 
 
 class StageError(RuntimeError):
@@ -178,7 +182,15 @@ class Pipeline:
     return [stage.name for stage in self.stages]
 
   def folder(self, name: str) -> str:
-    return os.path.join(self.workdir, name)
+    """Returns the output folder of stage `name`."""
+    stage = self._by_name(name)
+    return stage.shared_dir(self.config) or os.path.join(self.workdir, name)
+
+  def _by_name(self, name: str) -> Stage:
+    for stage in self.stages:
+      if stage.name == name:
+        return stage
+    raise ValueError(f"Unknown stage {name!r}; the stages are {self.names}.")
 
   def _state(self, stage: Stage, states: Mapping[str, StageState]) -> StageState:
     """Reads the markers of `stage`, given the states of earlier stages."""
@@ -285,16 +297,24 @@ class Pipeline:
     return states
 
   def _run_stage(self, stage: Stage, state: StageState) -> StageState:
+    folder = self.folder(stage.name)
+    shared = bool(stage.shared_dir(self.config))
+    if shared and os.path.exists(folder) and os.listdir(folder):
+      # Another experiment may own it or be writing it right now.
+      raise StageError(
+          f"Stage {stage.name!r} reads the shared folder {folder}, which holds "
+          f"no complete outputs for this config ({state.reason}). Finish or "
+          "fix the job that writes it, or point this config at another "
+          "folder; a shared folder is never overwritten.")
     for dependent in self._dependents(stage.name):
       self._remove_outputs(dependent)
-    folder = self.folder(stage.name)
     if state.status == "partial":
       logging.info("Stage %s: resuming in %s.", stage.name, folder)
     else:
       logging.info("Stage %s: starting from scratch (%s).", stage.name,
                    state.reason)
       self._remove_outputs(stage)
-      os.makedirs(folder)
+      os.makedirs(folder, exist_ok=shared)
       storage.write_json(os.path.join(folder, STARTED),
                          {"fingerprint": state.fingerprint,
                           "inputs": state.inputs})

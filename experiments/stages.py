@@ -245,13 +245,17 @@ def _noise(section: str) -> tuple[str, ...]:
 STAGES = (
     pipeline.Stage(
         "endpoint", endpoint, fields=("dataset", "model", "endpoint"),
-        ignore=("dataset.data_dir",) + _noise("endpoint")),
+        ignore=("dataset.data_dir", "endpoint.shared_dir") +
+        _noise("endpoint"),
+        shared_dir=lambda config: config.endpoint.shared_dir),
     pipeline.Stage(
         "endpoint_b", endpoint_b,
         fields=("dataset", "model", "endpoint", "endpoint_b"),
-        ignore=("dataset.data_dir", "endpoint.seed", "endpoint.checkpoint") +
+        ignore=("dataset.data_dir", "endpoint.seed", "endpoint.checkpoint",
+                "endpoint.shared_dir", "endpoint_b.shared_dir") +
         _noise("endpoint"),
-        enabled=lambda config: config.endpoint_b.enabled),
+        enabled=lambda config: config.endpoint_b.enabled,
+        shared_dir=lambda config: config.endpoint_b.shared_dir),
     pipeline.Stage(
         "permute", permute, needs=("endpoint", "endpoint_b"),
         fields=("permute",), ignore=("permute.batch_size",)),

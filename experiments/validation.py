@@ -15,6 +15,7 @@ from configs import base
 from mcjax.models import vgg
 
 DATASETS = ("cifar10", "fashion_mnist")
+DATA_SOURCES = ("auto", "tfds", "python", "idx")
 MODELS = {"vgg16": vgg.VGG16_BLOCKS, "vgg19": vgg.VGG19_BLOCKS}
 PERMUTE_MODES = ("swap", "mirror", "weight_matching", "none")
 # The depth presets of the permutation library, by name.
@@ -253,6 +254,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check.errors.append(f"name={config.name!r} is invalid; expected a "
                         "non-empty string")
   check.one_of("dataset.name", DATASETS)
+  check.one_of("dataset.source", DATA_SOURCES)
   check.integer("dataset.train_size", 0)
   check.integer("dataset.test_size", 0)
   check.one_of("dataset.download", (True, False))
