@@ -9,6 +9,7 @@ and blue 32x32 planes in turn (CHW order), and b"labels", a list of N ints.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import os
@@ -33,7 +34,9 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
   """Returns the globals that a pickled uint8 numpy array refers to."""
   reconstruct = np.zeros(1).__reduce_ex__(2)[0]
   frombuffer = np.zeros(1).__reduce_ex__(5)[0]
-  allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+  allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+             # Python 3 writes bytes into protocol-2 pickles through this.
+             ("_codecs", "encode"): codecs.encode}
   # numpy 1 pickles name numpy.core, numpy 2 names numpy._core; the official
   # batches were written by numpy 1 with protocol 2 (via _reconstruct).
   for package in ("numpy.core", "numpy._core"):
