@@ -1,7 +1,7 @@
 """Tests for dataset loading, normalisation and augmentation.
 
 The CIFAR-10 and IDX files are written here from the format descriptions
-(pickled dicts of CHW-flattened rows; big-endian IDX headers), not with the
+(pickled dicts of CHW-flattened rows, big-endian IDX headers), not with the
 readers under test. Every image carries its index in its first pixel
 (channel 0 holds index % 256, channel 1 holds index // 256) so that splits
 can be told apart.

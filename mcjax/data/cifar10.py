@@ -37,8 +37,9 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
   allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
              # Python 3 writes bytes into protocol-2 pickles through this.
              ("_codecs", "encode"): codecs.encode}
-  # numpy 1 pickles name numpy.core, numpy 2 names numpy._core; the official
-  # batches were written by numpy 1 with protocol 2 (via _reconstruct).
+  # Pickles from numpy 1 name numpy.core, and pickles from numpy 2 name
+  # numpy._core. Protocol 2 rebuilds an array with _reconstruct, and
+  # protocol 5 with _frombuffer.
   for package in ("numpy.core", "numpy._core"):
     allowed[(f"{package}.multiarray", "_reconstruct")] = reconstruct
     allowed[(f"{package}.numeric", "_frombuffer")] = frombuffer
@@ -48,7 +49,7 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
 class _BatchUnpickler(pickle.Unpickler):
   """Unpickles dicts of numpy arrays and lists, and no other objects.
 
-  A pickle can run arbitrary code through the globals it names; CIFAR-10
+  A pickle can run arbitrary code through the globals it names. CIFAR-10
   batches need only numpy's array reconstruction, so nothing else is loaded.
   """
 
@@ -66,7 +67,7 @@ def parse_batch(data: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
 
   Args:
     data: the bytes of a batch file.
-    path: the file's name for error messages (`archive:member` inside a tar).
+    path: the file name for error messages (`archive:member` inside a tar).
 
   Returns:
     images: uint8 array of shape (N, 32, 32, 3).
@@ -91,15 +92,15 @@ def parse_batch(data: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
   size = int(np.prod(IMAGE_SHAPE))
   if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != size:
     raise ValueError(
-        f"{path} holds b'data' of shape {images.shape} and dtype "
+        f"{path} contains b'data' of shape {images.shape} and dtype "
         f"{images.dtype}; expected uint8 of shape (N, {size}).")
   if labels.shape != images.shape[:1]:
     raise ValueError(
-        f"{path} holds {images.shape[0]} images but labels of shape "
+        f"{path} contains {images.shape[0]} images but labels of shape "
         f"{labels.shape}; expected ({images.shape[0]},).")
   if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
     raise ValueError(
-        f"{path} holds labels in [{labels.min()}, {labels.max()}]; expected "
+        f"{path} contains labels in [{labels.min()}, {labels.max()}]; expected "
         f"0..{NUM_CLASSES - 1}.")
 
   images = images.reshape((-1,) + IMAGE_SHAPE).transpose(0, 2, 3, 1)
@@ -179,7 +180,7 @@ def candidates(directory: str) -> list[str]:
 
 
 def exists(place: str) -> bool:
-  """Whether `place` (from `candidates`) holds CIFAR-10 python files."""
+  """Returns whether `place` (from `candidates`) has CIFAR-10 batches."""
   if place.endswith(".tar.gz"):
     return os.path.isfile(place)
   return os.path.isfile(os.path.join(place, FILES["train"][0]))

@@ -92,7 +92,7 @@ def candidates(directory: str) -> list[str]:
 
 
 def exists(folder: str) -> bool:
-  """Whether `folder` holds the Fashion-MNIST training images file."""
+  """Returns whether `folder` has the Fashion-MNIST training images file."""
   return os.path.isfile(os.path.join(folder, FILES["train"][0]))
 
 

@@ -42,7 +42,7 @@ _HOW_TO_GET = {
 
 
 class DatasetNotFoundError(FileNotFoundError):
-  """No source holds the dataset; the message lists where `load` looked."""
+  """No source has the dataset. The message lists every place searched."""
 
 
 def search_dirs(name: str, data_dir: str | None = None) -> list[str]:
@@ -159,7 +159,7 @@ def load(name: str, *, source: str = "auto", data_dir: str | None = None,
       data_dir. None searches the defaults (see `search_dirs`) and TFDS's
       default data_dir.
     validation: whether to hold out the last `num_validation` training
-      examples as the validation split, as dnn-mode-connectivity does; the
+      examples as the validation split, as dnn-mode-connectivity does. The
       train split keeps the first N - num_validation.
     download: with source="tfds", download and prepare the TFDS copy when it
       is not prepared (needs TensorFlow and network access).

@@ -108,7 +108,7 @@ def read(name: str, data_dir: str | None = None,
     try:
       source = tfds.data_source(name, split=split, data_dir=data_dir,
                                 download=False)
-    # Without prepared files, TFDS 4.9 raises NotImplementedError (it falls
+    # Without prepared files, TFDS 4.9.10 raises NotImplementedError (it falls
     # back to the tfrecord format) or KeyError (no splits), depending on the
     # folders it finds.
     except (NotImplementedError, KeyError, AssertionError,
