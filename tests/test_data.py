@@ -18,6 +18,7 @@ import tarfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
@@ -27,7 +28,7 @@ from mcjax.data import fashion_mnist
 from mcjax.data import transforms
 
 CIFAR_BATCH = 6  # images per CIFAR-10 batch file, so 30 train and 6 test
-TEST_OFFSET = 1000  # test images carry indices from 1000 on
+TEST_OFFSET = 100  # test images carry indices from 100 on
 
 
 def _image(index, shape):
@@ -361,6 +362,82 @@ def test_tfds_download_needs_tensorflow():
   with tfds.testing.mock_data(num_examples=1):
     with pytest.raises(ImportError, match="needs TensorFlow"):
       data.load("fashion_mnist", source="tfds", download=True)
+
+
+def _stub_builder(name, version, shape, counts):
+  """A builder class that writes index-tagged examples under `name`."""
+
+  class Stub(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version(version)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Image(shape=shape),
+              "label": tfds.features.ClassLabel(num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples(0, counts["train"]),
+              "test": self._generate_examples(TEST_OFFSET, counts["test"])}
+
+    def _generate_examples(self, start, count):
+      for i in range(count):
+        index = start + i
+        yield index, {"image": _image(index, shape), "label": index % 10}
+
+  Stub.name = name
+  return Stub
+
+
+def _encode_png(self, image):
+  del self
+  buffer = io.BytesIO()
+  image = np.asarray(image)
+  PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+      buffer, format="PNG")
+  return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  """A TFDS data_dir with real array_record files for both datasets.
+
+  TFDS 4.9.10 encodes images with TensorFlow; a PIL PNG encoder stands in
+  for it, so the files are prepared here without TensorFlow or network.
+  """
+  data_dir = tmp_path_factory.mktemp("tfds")
+  counts = {"train": 9, "test": 4}
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(tfds.features.Image, "encode_example", _encode_png)
+    with tfds.core.registered.skip_registration():
+      for name, version, shape in (("cifar10", "3.0.2", (32, 32, 3)),
+                                   ("fashion_mnist", "3.0.1", (28, 28, 1))):
+        builder = _stub_builder(name, version, shape, counts)
+        builder(data_dir=str(data_dir)).download_and_prepare(
+            file_format="array_record")
+  return data_dir, counts
+
+
+@pytest.mark.parametrize("name", ["cifar10", "fashion_mnist"])
+def test_tfds_array_record_round_trip(name, tfds_dir):
+  data_dir, counts = tfds_dir
+  dataset = data.load(name, source="tfds", data_dir=str(data_dir))
+  for split, start in (("train", 0), ("test", TEST_OFFSET)):
+    images = np.asarray(dataset.split(split).images)
+    labels = np.asarray(dataset.split(split).labels)
+    if name == "fashion_mnist":
+      assert images.shape[1:] == (32, 32, 1)
+      assert not images[:, :2].any()
+      images = images[:, 2:30, 2:30]
+    # TFDS shuffles examples when it prepares them, so match by index tag.
+    indices = _indices(images) if name == "cifar10" else images[:, 0, 0, 0]
+    np.testing.assert_array_equal(
+        np.sort(indices), np.arange(start, start + counts[split]))
+    for image, label, index in zip(images, labels, indices):
+      np.testing.assert_array_equal(image, _image(int(index), image.shape))
+      assert label == index % 10
 
 
 # Source selection, missing data and validation.

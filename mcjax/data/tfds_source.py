@@ -1,7 +1,7 @@
 """CIFAR-10 and Fashion-MNIST from TensorFlow Datasets (TFDS).
 
 Reading uses `tfds.data_source`, which reads prepared array_record files
-with no TensorFlow. Preparing a dataset (download_and_prepare) runs the TFDS
+with no TensorFlow and decodes their PNG images with Pillow or OpenCV. Preparing a dataset (download_and_prepare) runs the TFDS
 builder, which needs TensorFlow, so it happens only when asked for.
 """
 
