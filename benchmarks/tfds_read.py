@@ -1,7 +1,7 @@
 """Times reading a prepared TFDS array_record split one example at a time.
 
 Prepares a stub `cifar10` split of random 32x32x3 images in a temporary
-data_dir (a PIL PNG encoder stands in for TensorFlow's), then compares
+data_dir (a PIL PNG encoder replaces TensorFlow's), then compares
 `tfds_source.read`'s per-index loop with one `__getitems__` call.
 
   PYTHONPATH=. python3 benchmarks/tfds_read.py --num_examples=5000

@@ -404,8 +404,8 @@ def _encode_png(self, image):
 def tfds_dir(tmp_path_factory):
   """A TFDS data_dir with real array_record files for both datasets.
 
-  TFDS 4.9.10 encodes images with TensorFlow; a PIL PNG encoder stands in
-  for it, so the files are prepared here without TensorFlow or network.
+  TFDS 4.9.10 encodes images with TensorFlow. A PIL PNG encoder replaces
+  it, so the files are prepared here without TensorFlow or network access.
   """
   data_dir = tmp_path_factory.mktemp("tfds")
   counts = {"train": 9, "test": 4}
