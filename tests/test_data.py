@@ -164,7 +164,7 @@ def test_cifar_channels_are_hwc(cifar_folder):
 
 
 def test_cifar_dtypes_and_shapes(cifar_archive):
-  dataset = data.load("cifar10", source="python", data_dir=str(cifar_archive))
+  dataset = data.load("cifar10", source="python", data_dir=cifar_archive)
   assert dataset.train.images.shape == (5 * CIFAR_BATCH, 32, 32, 3)
   assert dataset.test.images.shape == (CIFAR_BATCH, 32, 32, 3)
   assert dataset.train.images.dtype == jnp.uint8

@@ -142,7 +142,8 @@ def _check_arguments(name, source, download, num_validation, validation):
     raise ValueError(f"num_validation must be positive, got {num_validation}.")
 
 
-def load(name: str, *, source: str = "auto", data_dir: str | None = None,
+def load(name: str, *, source: str = "auto",
+         data_dir: str | os.PathLike[str] | None = None,
          validation: bool = False, download: bool = False,
          num_validation: int = NUM_VALIDATION) -> core.Dataset:
   """Loads CIFAR-10 or Fashion-MNIST onto the default device.
@@ -177,6 +178,8 @@ def load(name: str, *, source: str = "auto", data_dir: str | None = None,
       every place searched and how to get the data.
   """
   _check_arguments(name, source, download, num_validation, validation)
+  if data_dir is not None:
+    data_dir = os.path.expanduser(os.fspath(data_dir))
   splits, origin = _read(name, source, data_dir, download)
 
   train_images, train_labels = splits["train"]
