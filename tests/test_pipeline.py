@@ -23,12 +23,13 @@ class Recorder:
     self.workdir = workdir
     self.calls = []
     self.fail_in = None
+    self.folder_of = lambda name: os.path.join(workdir, name)
 
   def stage(self, name):
 
     def run(ctx):
       ctx.calls.append(name)
-      folder = os.path.join(ctx.workdir, name)
+      folder = ctx.folder_of(name)
       # A file that a resumed stage finds again, like a training checkpoint.
       partial = os.path.join(folder, "partial.txt")
       resumed = os.path.exists(partial)
@@ -176,3 +177,44 @@ def test_disabled_stage_need_dropped(tmp_path):
   runner = pipeline.Pipeline(stages, make_config(), str(tmp_path), recorder)
   runner.run()
   assert recorder.calls == ["first", "second"]
+
+
+def shared_stages(recorder, shared):
+  return [
+      pipeline.Stage("first", recorder.stage("first"), fields=("first",),
+                     shared_dir=lambda config: shared),
+      pipeline.Stage("second", recorder.stage("second"), needs=("first",),
+                     fields=("second",)),
+  ]
+
+
+def test_shared_folder_reused_across_workdirs(tmp_path):
+  shared = str(tmp_path / "shared" / "first")
+  config = make_config()
+  for name in ("a", "b"):
+    workdir = tmp_path / name
+    recorder = Recorder(str(workdir))
+    runner = pipeline.Pipeline(shared_stages(recorder, shared), config,
+                               str(workdir), recorder)
+    recorder.folder_of = runner.folder
+    runner.run()
+    expected = ["first", "second"] if name == "a" else ["second"]
+    assert recorder.calls == expected
+  assert os.path.exists(os.path.join(shared, pipeline.MARKER))
+
+
+def test_stale_shared_folder_is_error(tmp_path):
+  shared = str(tmp_path / "shared" / "first")
+  config = make_config()
+  recorder = Recorder(str(tmp_path / "a"))
+  runner = pipeline.Pipeline(shared_stages(recorder, shared), config,
+                             str(tmp_path / "a"), recorder)
+  recorder.folder_of = runner.folder
+  runner.run()
+  config.first.size = 99
+  recorder = Recorder(str(tmp_path / "b"))
+  runner = pipeline.Pipeline(shared_stages(recorder, shared), config,
+                             str(tmp_path / "b"), recorder)
+  with pytest.raises(pipeline.StageError, match=r"first\.size: 1 -> 99"):
+    runner.run()
+  assert os.path.exists(os.path.join(shared, pipeline.MARKER))
