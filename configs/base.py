@@ -24,10 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Where mcjax.data.load reads the dataset from; "auto" tries each source
   # that needs no download, in the library's order.
   config.dataset.source = "auto"
-  # Folder that holds the dataset files; "" uses the library default (the
-  # TFDS data dir for CIFAR-10, /usr/share/datasets/fashion-mnist for
-  # Fashion-MNIST). Not part of any stage fingerprint: moving the data does
-  # not change the results.
+  # Folder that contains the dataset files. With "" mcjax.data.load searches
+  # $MCJAX_DATA_DIR, ./data, ~/data and, for Fashion-MNIST,
+  # /usr/share/datasets/fashion-mnist. It is left out of every stage
+  # fingerprint, because moving the data does not change the results.
   config.dataset.data_dir = ""
   # Allow a download when the dataset is missing locally. Off, so no run
   # touches the network unless asked.
@@ -97,11 +97,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The permutation that makes the end of the curve.
   config.permute = ml_collections.ConfigDict()
-  # "swap": exchange num_pairs disjoint pairs of units of one layer;
-  # "mirror": reverse the order of the units of every hidden layer;
-  # "weight_matching": align endpoint_b to the start endpoint (Ainsworth et
-  # al. 2023), needs endpoint_b.enabled; "none": join the endpoints as they
-  # are, needs endpoint_b.enabled.
+  # One of:
+  #   "swap": exchange num_pairs disjoint pairs of units of one layer.
+  #   "mirror": reverse the order of the units of every hidden layer.
+  #   "weight_matching": align endpoint_b to the start endpoint (Ainsworth et
+  #     al. 2023). Needs endpoint_b.enabled.
+  #   "none": join the two endpoints as they are. Needs endpoint_b.enabled.
   config.permute.mode = "swap"
   # Layer whose units are swapped: a depth preset ("early" = block0_conv0,
   # "mid" = block2_conv1, "late" = block4_conv1 on VGG16) or any conv or

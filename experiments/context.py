@@ -1,4 +1,4 @@
-"""What every stage shares: the config, the workdir, the data and the model."""
+"""The stage context: the config, the workdir, the data and the model."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class Context:
   Args:
     config: a validated experiment config.
     workdir: the experiment folder; each stage writes under
-      `workdir/<stage name>/` unless `folder_of` says otherwise.
+      `workdir/<stage name>/` unless `folder_of` returns another folder.
     folder_of: returns the output folder of a stage name (the pipeline's
       `folder`, which knows about shared endpoint folders).
   """

@@ -138,7 +138,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 @dataclasses.dataclass
 class StageState:
-  """Where one stage stands in a workdir."""
+  """The status of one stage in a workdir."""
 
   status: str  # "complete", "partial" or "missing"
   fingerprint: str
@@ -302,8 +302,9 @@ class Pipeline:
     if shared and os.path.exists(folder) and os.listdir(folder):
       # Another experiment may own it or be writing it right now.
       raise StageError(
-          f"Stage {stage.name!r} reads the shared folder {folder}, which holds "
-          f"no complete outputs for this config ({state.reason}). Finish or "
+          f"Stage {stage.name!r} reads the shared folder {folder}, which "
+          f"contains no complete outputs for this config ({state.reason}). "
+          "Finish or "
           "fix the job that writes it, or point this config at another "
           "folder; a shared folder is never overwritten.")
     for dependent in self._dependents(stage.name):

@@ -1,7 +1,7 @@
 """The stages of the neuron-swap experiment, one function each.
 
 Each stage reads what earlier stages wrote in their folders and calls the
-library; the `STAGES` list at the end says what each one reads and which
+library. The `STAGES` list at the end declares what each one reads and which
 config fields its outputs depend on.
 """
 

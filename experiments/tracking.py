@@ -2,9 +2,9 @@
 
 wandb is imported only when `config.wandb.enabled` is set, so the pipeline
 and its tests run without it. After each stage the JSON lines of its
-`metrics.jsonl` files go to the run under the stage's name; in "offline"
-mode wandb writes them under WORKDIR/wandb for a later `wandb sync`, with no
-network access.
+`metrics.jsonl` files go to the run under the stage's name. In "offline"
+mode wandb writes them under WORKDIR/wandb for a later `wandb sync` and needs
+no network access.
 """
 
 from __future__ import annotations

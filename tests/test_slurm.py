@@ -15,7 +15,7 @@ SBATCH_FILES = sorted(glob.glob(os.path.join(SLURM_DIR, "*.sbatch")))
 SHELL_FILES = SBATCH_FILES + sorted(glob.glob(os.path.join(SLURM_DIR, "*.sh")))
 DEPTH_CONFIGS = ["configs/neuronswap_early2.py", "configs/neuronswap_mid2.py",
                  "configs/neuronswap_late2.py"]
-# Options of sbatch (slurm 23.x man page) that the scripts may use.
+# The sbatch options that the scripts may use.
 KNOWN_OPTIONS = {
     "job-name", "array", "gres", "cpus-per-task", "mem", "time", "requeue",
     "signal", "open-mode", "output", "partition", "nodes", "ntasks",

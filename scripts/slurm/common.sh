@@ -31,11 +31,11 @@ fi
 cd "$MCJAX_ROOT"
 mkdir -p "$MCJAX_RESULTS_DIR"
 
-# Runs `python3 -m experiments.run "$@"` so that a SIGTERM (sent by
-# `#SBATCH --signal=B:TERM@120` before the time limit, or by SLURM on
-# preemption) reaches Python, which saves a checkpoint and exits; the job is
-# then put back in the queue and resumes from that checkpoint when it starts
-# again. A clean exit ends the job.
+# Runs `python3 -m experiments.run "$@"` in the background, so that a
+# SIGTERM reaches Python. SLURM sends it before the time limit
+# (`#SBATCH --signal=B:TERM@120`) or on preemption. Python then saves a
+# checkpoint and exits, and the job goes back in the queue, to resume from
+# that checkpoint when it starts again. A clean exit ends the job.
 run_experiment() {
   echo "mcjax: job ${SLURM_JOB_ID:-local} task ${SLURM_ARRAY_TASK_ID:-none}" \
     "on $(hostname): python3 -m experiments.run $*"
