@@ -167,6 +167,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Training images used for the train loss and error along the paths
   # (0 = the whole training split).
   config.evaluate.train_size = 0
+  # Test images used for the test loss and error along the paths (0 = the
+  # whole test split).
+  config.evaluate.test_size = 0
   # Examples per evaluation batch. Not part of any fingerprint.
   config.evaluate.batch_size = 1000
 

@@ -198,6 +198,9 @@ def evaluate(ctx: Context) -> None:
   if cfg.train_size:
     dataset = dataclasses.replace(dataset,
                                   train=dataset.train.take(cfg.train_size))
+  if cfg.test_size:
+    dataset = dataclasses.replace(dataset,
+                                  test=dataset.test.take(cfg.test_size))
   trained = load_curve(ctx)
   variables_0 = load_variables(ctx, "endpoint")
   variables_1 = load_variables(ctx, "permute")

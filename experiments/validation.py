@@ -282,6 +282,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check.integer("curve.t_per_batch", 1)
   check.integer("evaluate.num_points", 2)
   check.integer("evaluate.train_size", 0)
+  check.integer("evaluate.test_size", 0)
   check.integer("evaluate.batch_size", 1)
   check.integer("analyse.num_points", 2)
   check.integer("analyse.top_layers", 1)
