@@ -8,6 +8,7 @@ config fields its outputs depend on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from absl import logging
 import jax
@@ -18,8 +19,12 @@ from experiments import pipeline
 from experiments import report
 from experiments import storage
 from experiments import validation
+from mcjax import analysis
 from mcjax import curves
-perm = None  # TEMP until the permutations branch lands
+from mcjax import data
+from mcjax import evaluation
+from mcjax import permutations as perm
+from mcjax import training
 
 Context = context_lib.Context
 
@@ -33,12 +38,6 @@ class NotEquivalentError(RuntimeError):
   """The permuted network does not compute the same function."""
 
 
-def _training():
-  # Imported on first use: the training package pulls in orbax.
-  from mcjax import training  # pylint: disable=import-outside-toplevel
-  return training
-
-
 def _interop():
   # Imported only for `.pt` checkpoints: interop needs torch.
   from mcjax import interop  # pylint: disable=import-outside-toplevel
@@ -46,9 +45,9 @@ def _interop():
 
 
 def _test_metrics(ctx: Context, variables) -> dict[str, float]:
-  return _training().evaluate(
+  return training.evaluate(
       ctx.model, variables, ctx.dataset.test, mean=ctx.dataset.mean,
-      std=ctx.dataset.std, batch_size=ctx.config.permute.batch_size)
+      std=ctx.dataset.std, batch_size=ctx.config.endpoint.eval_batch_size)
 
 
 def _endpoint(ctx: Context, stage: str, seed: int, checkpoint: str) -> None:
@@ -58,12 +57,12 @@ def _endpoint(ctx: Context, stage: str, seed: int, checkpoint: str) -> None:
     variables = _interop().load_endpoint(checkpoint, ctx.model,
                                          ctx.example_input())
   else:
-    variables = _training().train_endpoint(
+    variables = training.train_endpoint(
         ctx.model, ctx.dataset, ctx.config.endpoint, ctx.folder(stage),
         seed=seed)
   variables = jax.device_get(variables)
   metrics = _test_metrics(ctx, variables)
-  logging.info("Stage %s: test accuracy %.4f, loss %.4f.", stage,
+  logging.info("Stage %s: test accuracy %.2f%%, loss %.4f.", stage,
                metrics["accuracy"], metrics["loss"])
   ctx.write_json(stage, "summary.json",
                  {"seed": seed, "checkpoint": checkpoint,
@@ -109,17 +108,21 @@ def _permutation(ctx: Context, spec, variables_0, variables_b):
 
 def _equivalence(ctx: Context, original, permuted) -> dict:
   """Compares two networks on the whole configured test split."""
-  check = perm.check_equivalence(
-      ctx.model, original, permuted, ctx.dataset.test.images,
-      mean=ctx.dataset.mean, std=ctx.dataset.std,
-      batch_size=ctx.config.permute.batch_size)
+  dataset = ctx.dataset
+  check = perm.compare_networks(
+      functools.partial(ctx.model.apply, train=False), original, permuted,
+      dataset.test.images, dataset.test.labels,
+      batch_size=ctx.config.permute.batch_size,
+      preprocess=functools.partial(data.normalize, mean=dataset.mean,
+                                   std=dataset.std))
   return {
-      "accuracy_original": _test_metrics(ctx, original)["accuracy"],
-      "accuracy_permuted": _test_metrics(ctx, permuted)["accuracy"],
-      "prediction_agreement": float(check["agreement"]),
-      "max_logit_difference": float(check["max_abs_logit_difference"]),
+      "accuracy_original": 100.0 * check["accuracy_a"],
+      "accuracy_permuted": 100.0 * check["accuracy_b"],
+      "accuracy_unit": "percent",
+      "prediction_agreement": check["agreement"],
+      "max_logit_difference": check["max_abs_logit_diff"],
       "tolerance": ctx.config.permute.tolerance,
-      "test_examples": len(ctx.dataset.test),
+      "test_examples": check["num_examples"],
   }
 
 
@@ -161,9 +164,13 @@ def permute(ctx: Context) -> None:
         f"{cfg.tolerance:g} (prediction agreement "
         f"{check['prediction_agreement']:.4f}). See "
         f"{ctx.path('permute', PERMUTATION)}.")
-  storage.save_tree(ctx.path("permute", PERMUTATION_ARRAYS),
-                    {name: np.asarray(index) for name, index in p.items()})
+  storage.save_arrays(ctx.path("permute", PERMUTATION_ARRAYS), p)
   storage.save_tree(ctx.path("permute", VARIABLES), permuted)
+
+
+def load_permutation(ctx: Context) -> dict[str, np.ndarray]:
+  """Returns {group name: int32 index array} saved by the permute stage."""
+  return storage.load_arrays(ctx.path("permute", PERMUTATION_ARRAYS))
 
 
 def load_curve(ctx: Context) -> curves.Curve:
@@ -182,7 +189,7 @@ def curve(ctx: Context) -> None:
     trained = _interop().load_curve(cfg.checkpoint, ctx.model,
                                     ctx.example_input(), cfg.num_bends)
   else:
-    trained = _training().train_curve(
+    trained = training.train_curve(
         ctx.model, ctx.dataset, cfg, ctx.folder("curve"), variables_0,
         variables_1, seed=cfg.seed)
   ctx.write_json("curve", "curve.json",
@@ -191,8 +198,12 @@ def curve(ctx: Context) -> None:
 
 
 def evaluate(ctx: Context) -> None:
-  """Evaluates the curve and the straight line at evaluate.num_points t."""
-  from mcjax import evaluation  # pylint: disable=import-outside-toplevel
+  """Evaluates the curve and the straight line at evaluate.num_points t.
+
+  Writes curve.npz / curve.json and line.npz / line.json: the series along
+  each path and their summaries (min, max, mean, integral, path length and
+  barriers).
+  """
   cfg = ctx.config.evaluate
   dataset = ctx.dataset
   if cfg.train_size:
@@ -204,25 +215,71 @@ def evaluate(ctx: Context) -> None:
   trained = load_curve(ctx)
   variables_0 = load_variables(ctx, "endpoint")
   variables_1 = load_variables(ctx, "permute")
-  out = ctx.folder("evaluate")
+  batch_stats = None
+  if "batch_stats" in variables_0:
+    batch_stats = (variables_0["batch_stats"], variables_1["batch_stats"])
+  curve_cfg = ctx.config.curve
+  weight_decay = (curve_cfg.weight_decay
+                  if curve_cfg.regularization == "reg" else 0.0)
   results = {
       "curve": evaluation.evaluate_curve(
-          ctx.model, dataset, trained, num_points=cfg.num_points,
+          ctx.model, dataset, trained, batch_stats=batch_stats,
+          num_points=cfg.num_points, weight_decay=weight_decay,
           batch_size=cfg.batch_size),
       "line": evaluation.evaluate_line(
           ctx.model, dataset, variables_0, variables_1,
-          num_points=cfg.num_points, batch_size=cfg.batch_size),
+          num_points=cfg.num_points, weight_decay=weight_decay,
+          batch_size=cfg.batch_size),
   }
   for prefix, result in results.items():
     summary = evaluation.summarize(result)
-    evaluation.save(result, summary, out, prefix)
-    logging.info("Evaluation of the %s: %s", prefix, summary)
+    evaluation.save(result, summary, ctx.folder("evaluate"), prefix)
+    ctx.append_metrics("evaluate", {"path": prefix, **summary["barriers"],
+                                    "length": summary["length"]})
+    logging.info("Evaluation of the %s: barriers %s, length %.4g", prefix,
+                 summary["barriers"], summary["length"])
 
 
 def analyse(ctx: Context) -> None:
-  """Computes per-layer distances along the curve and the locality summary."""
-  from mcjax import analysis  # pylint: disable=import-outside-toplevel
-  raise NotImplementedError(analysis)
+  """Computes per-layer distances along the curve and the locality summary.
+
+  Writes distances.npz (every metric as a (T, layers + 1) array) and
+  distances.json (the locality summary with the swap metadata). The
+  distance to the re-ordered start, P theta_0, is added for "swap" and
+  "mirror", where the end endpoint is P theta_0; the per-unit deviation of
+  the swapped units only for "swap".
+  """
+  cfg = ctx.config.analyse
+  record = ctx.read_json("permute", PERMUTATION)
+  trained = load_curve(ctx)
+  ts = np.linspace(0.0, 1.0, cfg.num_points)
+
+  permuted_start = None
+  spec = None
+  if record["mode"] in ("swap", "mirror"):
+    variables_0 = load_variables(ctx, "endpoint")
+    spec = perm.infer_spec(ctx.model, variables_0, ctx.example_input())
+    permuted_start = analysis.permute_start(trained, spec,
+                                            load_permutation(ctx))
+  distances = analysis.curve_distances(trained, ts,
+                                       permuted_start=permuted_start)
+
+  swap = {"mode": record["mode"], "layer": record["layer"],
+          "pairs": record["pairs"]}
+  touched, unit_results = [], None
+  if record["mode"] == "swap":
+    layer = record["layer"]
+    units = [unit for pair in record["pairs"] for unit in pair]
+    start, _ = curves.endpoints(trained)
+    touched = analysis.touched_layers(spec.axes, layer, start)
+    unit_results = analysis.unit_deviation(trained, spec.axes, layer, units,
+                                           ts)
+    swap["touched_layers"] = touched
+  summary = analysis.locality_summary(distances, touched, unit_results,
+                                      top_k=cfg.top_layers)
+  analysis.save_analysis(ctx.path("analyse", "distances"), distances,
+                         summary, swap, unit_results)
+  logging.info("Locality: %s", summary)
 
 
 def plots(ctx: Context) -> None:

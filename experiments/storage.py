@@ -85,6 +85,19 @@ def save_tree(path: str, tree: PyTree) -> None:
       np.savez(f, **flat)
 
 
+def save_arrays(path: str, arrays: dict[str, Any]) -> None:
+  """Saves a flat {name: array} dict as NPZ, atomically."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez(f, **{name: np.asarray(value) for name, value in arrays.items()})
+
+
+def load_arrays(path: str) -> dict[str, np.ndarray]:
+  """Loads a flat {name: array} dict saved by `save_arrays`."""
+  with np.load(path) as data:
+    return {name: data[name] for name in data.files}
+
+
 def load_tree(path: str) -> dict[str, Any]:
   """Loads a pytree saved by `save_tree` as nested dicts of numpy arrays."""
   with np.load(path) as data:
