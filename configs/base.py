@@ -182,10 +182,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Pictures of the analysis.
   config.plots = ml_collections.ConfigDict()
-  # Per-layer metric drawn in the GIF (see analysis.METRICS).
-  config.plots.gif_metric = "deviation_from_line"
-  # Per-layer metric drawn in the heatmap.
-  config.plots.heatmap_metric = "deviation_from_line"
+  # Per-layer metric drawn in the GIF, a name from mcjax.analysis.METRICS:
+  # "deviation" is ||theta(t) - line(t)||, the correction the curve makes to
+  # the straight line. The permutation metrics ("to_permuted_start",
+  # "reordered*") need permute.mode "swap" or "mirror".
+  config.plots.gif_metric = "deviation"
+  # Per-layer metric drawn in the heatmap, as gif_metric.
+  config.plots.heatmap_metric = "deviation"
   # Frames per second of the GIF.
   config.plots.fps = 10
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 from absl import logging
 import jax
@@ -24,6 +25,7 @@ from mcjax import curves
 from mcjax import data
 from mcjax import evaluation
 from mcjax import permutations as perm
+from mcjax import plots as plots_lib
 from mcjax import training
 
 Context = context_lib.Context
@@ -32,6 +34,8 @@ VARIABLES = "variables.npz"
 CURVE = "curve.npz"
 PERMUTATION = "permutation.json"
 PERMUTATION_ARRAYS = "permutation.npz"
+# analyse/ writes DISTANCES.npz and DISTANCES.json.
+DISTANCES = "distances"
 
 
 class NotEquivalentError(RuntimeError):
@@ -246,46 +250,75 @@ def analyse(ctx: Context) -> None:
   Writes distances.npz (every metric as a (T, layers + 1) array) and
   distances.json (the locality summary with the swap metadata). The
   distance to the re-ordered start, P theta_0, is added for "swap" and
-  "mirror", where the end endpoint is P theta_0; the per-unit deviation of
-  the swapped units only for "swap".
+  "mirror", where the end endpoint is P theta_0. The per-unit deviation and
+  the share of the swapped layers exist only for "swap".
   """
   cfg = ctx.config.analyse
   record = ctx.read_json("permute", PERMUTATION)
   trained = load_curve(ctx)
   ts = np.linspace(0.0, 1.0, cfg.num_points)
+  prefix = ctx.path("analyse", DISTANCES)
 
-  permuted_start = None
-  spec = None
-  if record["mode"] in ("swap", "mirror"):
-    variables_0 = load_variables(ctx, "endpoint")
-    spec = perm.infer_spec(ctx.model, variables_0, ctx.example_input())
-    permuted_start = analysis.permute_start(trained, spec,
-                                            load_permutation(ctx))
-  distances = analysis.curve_distances(trained, ts,
-                                       permuted_start=permuted_start)
-
-  swap = {"mode": record["mode"], "layer": record["layer"],
-          "pairs": record["pairs"]}
-  touched, unit_results = [], None
   if record["mode"] == "swap":
-    layer = record["layer"]
-    units = [unit for pair in record["pairs"] for unit in pair]
-    start, _ = curves.endpoints(trained)
-    touched = analysis.touched_layers(spec.axes, layer, start)
-    unit_results = analysis.unit_deviation(trained, spec.axes, layer, units,
-                                           ts)
-    swap["touched_layers"] = touched
-  summary = analysis.locality_summary(distances, touched, unit_results,
-                                      top_k=cfg.top_layers)
-  analysis.save_analysis(ctx.path("analyse", "distances"), distances,
-                         summary, swap, unit_results)
-  logging.info("Locality: %s", summary)
+    spec = perm.infer_spec(ctx.model, load_variables(ctx, "endpoint"),
+                           ctx.example_input())
+    result = analysis.analyze_swap(trained, spec, record["layer"],
+                                   record["pairs"], ts, top_k=cfg.top_layers)
+    result.save(prefix)
+    summary = result.summary
+  else:
+    permuted_start = None
+    if record["mode"] == "mirror":
+      spec = perm.infer_spec(ctx.model, load_variables(ctx, "endpoint"),
+                             ctx.example_input())
+      permuted_start = analysis.permute_start(trained, spec,
+                                              load_permutation(ctx))
+    distances = analysis.curve_distances(trained, ts,
+                                         permuted_start=permuted_start)
+    summary = analysis.locality_summary(distances, [], None,
+                                        top_k=cfg.top_layers)
+    analysis.save_analysis(prefix, distances, summary,
+                           {"mode": record["mode"]})
+  ctx.append_metrics("analyse", {
+      key: summary[key] for key in ("share_integrated", "share_at_max",
+                                    "t_max", "total_integrated")})
+  logging.info("Locality: %.3g of the squared deviation is in %s; top "
+               "layers %s.", summary["share_integrated"] or float("nan"),
+               summary["swapped_layers"],
+               [entry["layer"] for entry in summary["top_layers"]])
+
+
+def _path_series(ctx: Context, prefix: str) -> dict[str, np.ndarray]:
+  result, _ = evaluation.load(ctx.folder("evaluate"), prefix)
+  return {"ts": result.t, "train_loss": result.series["train_loss"],
+          "test_error": result.series["test_error"]}
 
 
 def plots(ctx: Context) -> None:
-  """Draws the GIF, the heatmap and the loss/error figure."""
-  from mcjax import plots as plots_lib  # pylint: disable=import-outside-toplevel
-  raise NotImplementedError(plots_lib)
+  """Draws the GIF, the heatmap and the loss/error figure.
+
+  Writes plots/<gif_metric>.gif (per-layer bars, one frame per t),
+  plots/<heatmap_metric>_heatmap.png (layers x t) and plots/loss_error.png
+  (train loss and test error along t, curve against straight line). The
+  layers that the swap changes are highlighted.
+  """
+  cfg = ctx.config.plots
+  distances, swap = analysis.load_distances(
+      ctx.path("analyse", DISTANCES + ".npz"))
+  highlight = [name for name in swap.get("touched_layers", [])
+               if name in distances.layers]
+  folder = ctx.folder("plots")
+  gif = plots_lib.save_layer_animation(
+      os.path.join(folder, f"{cfg.gif_metric}.gif"), distances,
+      cfg.gif_metric, highlight=highlight,
+      frame_duration_ms=max(1, round(1000 / cfg.fps)))
+  heatmap = plots_lib.save_heatmap(
+      os.path.join(folder, f"{cfg.heatmap_metric}_heatmap.png"), distances,
+      cfg.heatmap_metric, highlight=highlight)
+  loss = plots_lib.save_loss_along_t(
+      os.path.join(folder, "loss_error.png"),
+      {name: _path_series(ctx, name) for name in ("curve", "line")})
+  logging.info("Plots: %s, %s, %s.", gif, heatmap, loss)
 
 
 def write_report(ctx: Context) -> None:

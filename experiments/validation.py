@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 
 from configs import base
+from mcjax import analysis
 from mcjax.models import vgg
 
 DATASETS = ("cifar10", "fashion_mnist")
@@ -23,6 +24,9 @@ DEPTHS = {"early": "block0_conv0", "mid": "block2_conv1", "late": "block4_conv1"
 CURVE_KINDS = ("bezier", "polychain")
 REGULARIZATIONS = ("reg", "noreg")
 WANDB_MODES = ("offline", "online", "disabled")
+# Distance metrics that exist only when the end of the curve is P theta_0.
+PERMUTATION_METRICS = ("to_permuted_start", "reordered",
+                       "reordered_normalized", "reordered_relative")
 TRAINING_SECTIONS = ("endpoint", "curve")
 
 
@@ -286,6 +290,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check.integer("evaluate.batch_size", 1)
   check.integer("analyse.num_points", 2)
   check.integer("analyse.top_layers", 1)
+  for field in ("plots.gif_metric", "plots.heatmap_metric"):
+    if (check.one_of(field, tuple(analysis.METRICS))
+        and check.value(field) in PERMUTATION_METRICS
+        and config.permute.mode not in ("swap", "mirror")):
+      check.errors.append(
+          f"{field}={check.value(field)!r} needs the end of the curve to be "
+          f"a permutation of the start, so permute.mode 'swap' or 'mirror' "
+          f"(it is {config.permute.mode!r})")
   check.integer("plots.fps", 1)
   check.one_of("wandb.mode", WANDB_MODES)
   if config.wandb.enabled:
