@@ -79,6 +79,17 @@ class Stage:
   shared_dir: Callable[[ml_collections.ConfigDict], str] = lambda config: ""
 
 
+class QuietLibraryFilter(std_logging.Filter):
+  """Drops INFO and DEBUG records of orbax, which logs every save step.
+
+  Warnings and errors pass, and so does every record of other modules.
+  """
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return (record.levelno >= std_logging.WARNING
+            or "orbax" not in record.pathname)
+
+
 class StageError(RuntimeError):
   """A stage cannot run, for example because an earlier one is missing."""
 
@@ -323,6 +334,7 @@ class Pipeline:
     handler = std_logging.FileHandler(os.path.join(folder, LOG_FILE))
     handler.setFormatter(std_logging.Formatter(
         "%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(QuietLibraryFilter())
     absl_logger = logging.get_absl_logger()
     absl_logger.addHandler(handler)
     started = time.time()

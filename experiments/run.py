@@ -16,6 +16,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from experiments import experiment
@@ -77,6 +78,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(pipeline.QuietLibraryFilter())
   try:
     experiment.run(_CONFIG.value, _WORKDIR.value, _STAGES.value)
   except (validation.ConfigError, pipeline.StageError) as error:
