@@ -183,6 +183,27 @@ def load_curve(ctx: Context) -> curves.Curve:
                       kind=metadata["kind"])
 
 
+def _check_curve_ends(trained: curves.Curve, variables_0, variables_1,
+                      path: str) -> None:
+  """Raises ValueError when an imported curve joins other endpoints.
+
+  The evaluation's straight line and the analysis use the outputs of the
+  endpoint and permute stages, so they must be the curve's end bends.
+  """
+  for index, variables in ((0, variables_0), (-1, variables_1)):
+    bend = jax.tree.map(lambda leaf: np.asarray(leaf[index]), trained.bends)
+    differences = jax.tree.leaves(jax.tree.map(
+        lambda a, b: float(np.max(np.abs(a - np.asarray(b)))), bend,
+        variables["params"]))
+    if max(differences) > 1e-6:
+      raise ValueError(
+          f"The curve in {path} does not end at the endpoints of this run: "
+          f"its bend {index} differs from them by up to {max(differences):.3g}."
+          " Import the endpoints it was trained between with "
+          "endpoint.checkpoint (and endpoint_b.checkpoint), or train the "
+          "curve here.")
+
+
 def curve(ctx: Context) -> None:
   """Trains the curve between the start endpoint and the permute output."""
   cfg = ctx.config.curve
@@ -190,8 +211,10 @@ def curve(ctx: Context) -> None:
   variables_1 = load_variables(ctx, "permute")
   if cfg.checkpoint:
     logging.info("Importing the curve from %s.", cfg.checkpoint)
-    trained = _interop().load_curve(cfg.checkpoint, ctx.model,
-                                    ctx.example_input(), cfg.num_bends)
+    trained, _ = _interop().load_curve(cfg.checkpoint, ctx.model,
+                                       ctx.example_input(),
+                                       num_bends=cfg.num_bends, kind=cfg.kind)
+    _check_curve_ends(trained, variables_0, variables_1, cfg.checkpoint)
   else:
     trained = training.train_curve(
         ctx.model, ctx.dataset, cfg, ctx.folder("curve"), variables_0,
