@@ -35,7 +35,9 @@ def _read(ctx, stage: str, name: str) -> Any:
 
 def _endpoints(ctx) -> list[str]:
   lines = ["## Endpoints", ""]
-  for stage in ("endpoint", "endpoint_b"):
+  stages = ["endpoint"] + (["endpoint_b"] if ctx.config.endpoint_b.enabled
+                           else [])
+  for stage in stages:
     summary = _read(ctx, stage, "summary.json")
     if summary is None:
       continue

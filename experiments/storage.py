@@ -33,6 +33,11 @@ def atomic_path(path: str) -> Iterator[str]:
   suffix = os.path.splitext(path)[1]
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
   os.close(fd)
+  # mkstemp creates the file readable by its owner only; give the final file
+  # the permissions of a plain open() under the current umask.
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)
   try:
     yield tmp
     os.replace(tmp, path)
