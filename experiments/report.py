@@ -8,6 +8,8 @@ from typing import Any
 from experiments import storage
 
 REPORT = "report.md"
+# Files that every stage folder has; the artifact list leaves them out.
+BOOKKEEPING = ("stage.json", "started.json", "stage.log")
 # The curve counts as local when at least this share of its squared
 # deviation from the straight line (integrated over t) falls in the layers
 # that the swap changes: the swapped layer, its batch norm and its consumer.
@@ -22,7 +24,7 @@ def artifacts(workdir: str) -> list[str]:
   for root, dirs, files in os.walk(workdir):
     dirs[:] = sorted(d for d in dirs if d not in ("checkpoints", "wandb"))
     for name in sorted(files):
-      if name.startswith(".tmp-") or name == REPORT:
+      if name.startswith(".tmp-") or name in (REPORT,) + BOOKKEEPING:
         continue
       found.append(os.path.relpath(os.path.join(root, name), workdir))
   return found
@@ -130,8 +132,17 @@ def _locality(ctx) -> list[str]:
   summary = _read(ctx, "analyse", "distances.json")
   if summary is None:
     return []
-  summary = summary.get("summary", summary)
-  return ["## Locality", "", locality_answer(summary), ""]
+  cfg = ctx.config.plots
+  return [
+      "## Locality", "", locality_answer(summary), "",
+      f"![{cfg.gif_metric} per layer along t](plots/{cfg.gif_metric}.gif)",
+      "",
+      f"![{cfg.heatmap_metric}, layers x t]"
+      f"(plots/{cfg.heatmap_metric}_heatmap.png)",
+      "",
+      "![train loss and test error along t](plots/loss_error.png)",
+      "",
+  ]
 
 
 def write(ctx) -> None:
@@ -150,7 +161,9 @@ def write(ctx) -> None:
   lines += _permutation(ctx)
   lines += _barriers(ctx)
   lines += _locality(ctx)
-  lines += ["## Artifacts", ""]
+  lines += ["## Artifacts", "",
+            "Each stage folder also has stage.json (its completion marker), "
+            "started.json and stage.log (its log).", ""]
   lines += [f"- [{path}]({path})" for path in artifacts(ctx.workdir)]
   storage.write_text(os.path.join(ctx.workdir, REPORT),
                      "\n".join(lines) + "\n")
