@@ -97,7 +97,7 @@ def checkpoint_files(workdir):
   return found
 
 
-def interrupt_endpoint_training(workdir):
+def interrupt_endpoint_training(workdir, output_path):
   """Starts the CLI and sends SIGTERM while the first training step compiles.
 
   The training loop logs "Training endpoint on" after saving its step-0
@@ -106,7 +106,7 @@ def interrupt_endpoint_training(workdir):
   handler is in place.
   """
   log_path = os.path.join(workdir, "endpoint", "stage.log")
-  with open(os.path.join(workdir, "interrupted.log"), "w") as output:
+  with open(output_path, "w") as output:
     process = subprocess.Popen(command_line(workdir), cwd=ROOT,
                                stdout=output, stderr=subprocess.STDOUT)
     deadline = time.time() + 600
@@ -130,7 +130,9 @@ def runs(tmp_path_factory):
   """Runs the pipeline four times in one workdir; returns what each left."""
   workdir = str(tmp_path_factory.mktemp("tiny"))
   record = {"workdir": workdir}
-  record["interrupted_status"] = interrupt_endpoint_training(workdir)
+  output_path = str(tmp_path_factory.mktemp("logs") / "interrupted.log")
+  record["interrupted_status"] = interrupt_endpoint_training(workdir,
+                                                             output_path)
   record["interrupted_tokens"] = tokens(workdir)
 
   record["first_states"] = experiment.run(tiny_config(), workdir)
