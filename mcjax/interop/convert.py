@@ -56,7 +56,9 @@ def _last_conv_path(model: vgg.VGG) -> str:
 
 
 def _describe(model: vgg.VGG, example_input=None) -> str:
-  text = (f"VGG(blocks={len(model.blocks)}, num_classes={model.num_classes}, "
+  sizes = tuple(len(block) for block in model.blocks)
+  text = (f"VGG(convolutions per block {sizes}, "
+          f"num_classes={model.num_classes}, "
           f"width={model.width}, batch_norm={model.batch_norm})")
   if example_input is not None:
     text += f" at input shape {tuple(np.shape(example_input))}"
