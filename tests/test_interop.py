@@ -481,6 +481,22 @@ def test_curve_file_error_names_path(tmp_path):
                        jnp.zeros((1, 64, 64, 3)))
 
 
+def test_unused_batch_norm_layers_warn(caplog):
+  module = _randomize(TorchVGG(batch_norm=True), 8)
+  with torch.no_grad():
+    # The reference's forward pass never runs the second Conv-BN pair of a
+    # block, so that batch norm keeps its initial statistics.
+    module.layer_blocks[0][3].running_mean.zero_()
+    module.layer_blocks[0][3].running_var.fill_(1.0)
+
+  with caplog.at_level("WARNING"):
+    interop.endpoint_from_state_dict(_state_dict(module),
+                                     _model(batch_norm=True),
+                                     jnp.zeros((1, 32, 32, 3)))
+
+  assert "1 of 13 batch-norm layers ('block0_bn1')" in caplog.text
+
+
 def test_import_without_torch():
   script = textwrap.dedent("""
       import sys

@@ -170,12 +170,13 @@ def _warn_untrained_batch_norm(state_dict: StateDict,
   # All layers initial means an untrained network, not the skipped layers.
   if untrained and len(untrained) < total:
     logging.warning(
-        "%d of %d batch-norm layers (%s) still have their initial running "
+        "%d of %d batch-norm layers (%s) have their initial running "
         "statistics (mean 0, variance 1), so they never ran in training. "
-        "dnn-mode-connectivity's VGG with batch norm pairs the layers of a "
-        "block with too few ReLUs and skips the rest of the block in its "
-        "forward pass; mcjax runs every layer, so its logits will differ "
-        "from the PyTorch model's.", len(untrained), total,
+        "With batch norm, dnn-mode-connectivity's VGGBase and VGGCurve pair "
+        "each block's layers with one ReLU per convolution and skip the "
+        "layers left over (github.com/timgaripov/dnn-mode-connectivity/"
+        "issues/2). mcjax runs every layer, so its logits will differ from "
+        "those of the PyTorch model.", len(untrained), total,
         _listed(untrained))
 
 
