@@ -1,8 +1,8 @@
 """Conversion between dnn-mode-connectivity state dicts and mcjax pytrees.
 
 A state dict here is a mapping from PyTorch key to a numpy array (or
-anything `np.asarray` accepts), so these functions need no torch; `files`
-reads and writes the `.pt` files around them.
+anything `np.asarray` accepts), so these functions need no torch. The
+`files` module reads and writes the `.pt` files around them.
 
 Import checks the state dict against the shapes of the configured model
 before converting anything, and raises ValueError naming the first missing
@@ -314,7 +314,7 @@ def _resolve_curve(state_dict: StateDict, num_bends: int | None,
     num_bends = found_bends
   elif found_bends and found_bends != num_bends:
     raise ValueError(
-        f"The checkpoint holds a curve with {found_bends} bends "
+        f"The checkpoint contains a curve with {found_bends} bends "
         f"('net.fc3.weight_0' to 'net.fc3.weight_{found_bends - 1}'), but "
         f"num_bends={num_bends} was requested; set num_bends={found_bends}.")
 

@@ -46,7 +46,7 @@ def _to_numpy(tensor) -> np.ndarray:
     return np.asarray(tensor)
   tensor = tensor.detach().cpu()
   if tensor.dtype == torch.bfloat16:
-    # numpy has no bfloat16; float32 holds every bfloat16 value exactly.
+    # numpy has no bfloat16, and float32 represents every bfloat16 value exactly.
     tensor = tensor.float()
   return tensor.numpy()
 
@@ -63,7 +63,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
   Raises:
     ImportError: if torch is not installed.
-    ValueError: if the file holds neither layout.
+    ValueError: if the file contains neither layout.
   """
   torch = require_torch()
   # weights_only refuses pickled code objects, so a checkpoint from an
@@ -79,7 +79,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     found = (sorted(checkpoint) if isinstance(checkpoint, Mapping)
              else type(checkpoint).__name__)
     raise ValueError(
-        f"{os.fspath(path)} holds neither a dnn-mode-connectivity checkpoint "
+        f"{os.fspath(path)} contains neither a dnn-mode-connectivity checkpoint "
         f"(a dict with 'model_state') nor a bare state dict of tensors; found "
         f"{found}.")
   return {key: _to_numpy(value) for key, value in state.items()}
@@ -181,7 +181,7 @@ def save_curve(path: str | os.PathLike, model: vgg.VGG, curve: curves.Curve,
                batch_stats: PyTree | None = None, epoch: int = 0) -> None:
   """Saves an mcjax curve as a dnn-mode-connectivity `CurveNet` checkpoint.
 
-  With batch norm and batch_stats=None the file holds mean 0 and variance 1,
+  With batch norm and batch_stats=None the file stores mean 0 and variance 1,
   like a freshly built PyTorch curve.
   """
   write_checkpoint(

@@ -4,10 +4,10 @@ dnn-mode-connectivity (Garipov et al. 2018, github.com/timgaripov/
 dnn-mode-connectivity, models/vgg.py and curves.py) stores its networks as
 PyTorch state dicts:
 
-* the base model `VGGBase` keeps block b's layers in `layer_blocks.{b}`, a
-  list in which, with batch norm, convolution l sits at index 2l and its
-  BatchNorm2d at 2l + 1 (without batch norm, convolution l sits at index l);
-  the classifier is `classifier.{1,4,6}` (Dropout, Linear, ReLU, Dropout,
+* the base model `VGGBase` keeps block b's layers in the list
+  `layer_blocks.{b}`. With batch norm, convolution l sits at index 2l and
+  its BatchNorm2d at 2l + 1, and without it convolution l sits at index l.
+  The classifier is `classifier.{1,4,6}` (Dropout, Linear, ReLU, Dropout,
   Linear, ReLU, Linear);
 * the curve model `CurveNet` wraps a `VGGCurve` in `net.`, names its
   classifier `fc1`, `fc2`, `fc3`, gives every parameter one copy per bend
