@@ -394,6 +394,16 @@ def test_curve_point_matches_torch(batch_norm):
   np.testing.assert_allclose(logits, expected_logits, atol=1e-4, rtol=0)
 
 
+def test_count_bends_and_kind():
+  curve_state = _state_dict(TorchVGGCurveNet(num_bends=3))
+  endpoint_state = _state_dict(TorchVGG())
+
+  assert interop.count_bends(curve_state) == 3
+  assert interop.count_bends(endpoint_state) == 0
+  assert interop.curve_kind(curve_state) == "bezier"
+  assert interop.curve_kind(endpoint_state) is None
+
+
 def test_shape_mismatch_names_key_and_shapes():
   state_dict = _state_dict(TorchVGG())
   model = models.VGG16(width=1 / 4)

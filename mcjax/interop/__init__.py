@@ -9,7 +9,9 @@ Importing this package does not import torch; the file functions import it
 when called and raise ImportError with install instructions without it.
 """
 
+from mcjax.interop.convert import count_bends
 from mcjax.interop.convert import curve_from_state_dict
+from mcjax.interop.convert import curve_kind
 from mcjax.interop.convert import curve_to_state_dict
 from mcjax.interop.convert import endpoint_from_state_dict
 from mcjax.interop.convert import endpoint_to_state_dict

@@ -105,10 +105,10 @@ def _hints(state_dict: StateDict, expected: Mapping[str, tuple[int, ...]],
   return hints
 
 
-def check_state_dict(state_dict: StateDict,
-                     expected: Mapping[str, tuple[int, ...]],
-                     optional: set[str], model: vgg.VGG, example_input,
-                     curve: bool) -> None:
+def _check_state_dict(state_dict: StateDict,
+                      expected: Mapping[str, tuple[int, ...]],
+                      optional: set[str], model: vgg.VGG, example_input,
+                      curve: bool) -> None:
   """Raises ValueError if the keys or shapes of `state_dict` differ.
 
   Args:
@@ -140,7 +140,8 @@ def check_state_dict(state_dict: StateDict,
             if len(wrong_shape) > MAX_LISTED else "")
     problems.append(f"{len(wrong_shape)} shape mismatches: "
                     + "; ".join(shapes) + more)
-  message = (f"The PyTorch state dict does not fit {_describe(model, example_input)}. "
+  message = (f"The PyTorch state dict does not fit "
+             f"{_describe(model, example_input)}. "
              + ". ".join(problems) + ".")
   hints = _hints(state_dict, expected, model, curve)
   if hints:
@@ -215,8 +216,8 @@ def endpoint_from_state_dict(state_dict: StateDict, model: vgg.VGG,
     else:
       leaf = shapes[f"{entry.collection}/{entry.path}"]
       expected[entry.key] = layout.torch_shape(leaf.shape, entry.transform)
-  check_state_dict(state_dict, expected, optional, model, example_input,
-                   curve=False)
+  _check_state_dict(state_dict, expected, optional, model, example_input,
+                    curve=False)
   _warn_untrained_batch_norm(state_dict, entries)
 
   channels = shapes["params/" + _last_conv_path(model)].shape[-1]
@@ -375,8 +376,8 @@ def curve_from_state_dict(
                                entry.transform)
     for bend in range(num_bends if entry.per_bend else 1):
       expected[layout.bend_key(entry, bend)] = shape
-  check_state_dict(state_dict, expected, optional, model, example_input,
-                   curve=True)
+  _check_state_dict(state_dict, expected, optional, model, example_input,
+                    curve=True)
   _warn_untrained_batch_norm(state_dict, entries)
 
   channels = shapes["params/" + _last_conv_path(model)].shape[-1]
