@@ -7,7 +7,10 @@ so that the network computes the same function at another point in weight
 space. See docs/permutations.md.
 """
 
+from mcjax.permutations.equivalence import compare_networks
 from mcjax.permutations.inference import infer_spec
+from mcjax.permutations.matching import linear_assignment
+from mcjax.permutations.matching import weight_matching
 from mcjax.permutations.spec import DEPTH_PRESETS
 from mcjax.permutations.spec import PermutationSpec
 from mcjax.permutations.spec import validate

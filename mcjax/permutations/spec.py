@@ -72,9 +72,15 @@ class PermutationSpec:
     object.__setattr__(self, "layers", layers)
     _check_consistency(self)
 
+  def __hash__(self):
+    # A hash lets a spec be a static argument of jax.jit.
+    return hash((tuple(self.axes.items()), tuple(self.sizes.items()),
+                 self.layers, tuple(self.consumers.items()),
+                 self.output_layer, tuple(self.copies.items())))
+
   @property
   def group_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
-    """The (path, axis) pairs each group acts on, in path order."""
+    """The (path, axis) pairs each group acts on, in the order of `axes`."""
     members: dict[str, list[tuple[str, int]]] = {g: [] for g in self.layers}
     for path, groups in self.axes.items():
       for axis, group in enumerate(groups):

@@ -12,6 +12,7 @@ indexing takes place.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import functools
 from typing import Any
 
 import jax
@@ -36,6 +37,11 @@ def random(spec: spec_lib.PermutationSpec, key: jax.Array) -> Permutation:
     spec: the groups and their sizes.
     key: a PRNG key. Group i of `spec.layers` uses `fold_in(key, i)`.
   """
+  return _random(spec, key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _random(spec, key):
   return {
       g: jax.random.permutation(jax.random.fold_in(key, i),
                                 spec.sizes[g]).astype(jnp.int32)
@@ -134,20 +140,27 @@ def apply(spec: spec_lib.PermutationSpec, p: Mapping[str, jax.Array],
   spec_lib.validate(spec, variables)
   check_permutation(p, spec)
 
-  flat = pytrees.flatten_with_names(dict(variables))
+  return _apply_indices(spec, dict(p), dict(variables))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_indices(spec, p, variables):
+  # One compiled function per spec and shapes, instead of one dispatch per
+  # leaf; under an outer jit this inlines.
+  flat = pytrees.flatten_with_names(variables)
   permuted = {}
   for path, leaf in flat.items():
     for axis, group in enumerate(spec.axes[path]):
       if group is not None:
-        leaf = _take_units(leaf, p[group], axis,
-                           spec.num_copies(path, axis))
+        leaf = permute_axis(leaf, p[group], axis,
+                            spec.num_copies(path, axis))
     permuted[path] = leaf
   return pytrees.unflatten_names(permuted)
 
 
-def _take_units(leaf: jax.Array, index: jax.Array, axis: int,
+def permute_axis(leaf: jax.Array, index: jax.Array, axis: int,
                 copies: int) -> jax.Array:
-  """Reindexes one axis, treating it as (copies, n) when copies > 1."""
+  """Reindexes one axis of leaf by index, as (copies, n) when copies > 1."""
   if copies == 1:
     return jnp.take(leaf, index, axis=axis)
   shape = leaf.shape
