@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import json
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
 
 from mcjax.analysis import distances as distances_lib
+from mcjax.analysis import files
 from mcjax.analysis import units as units_lib
 
 NPZ_SUFFIX = ".npz"
@@ -115,22 +114,6 @@ def _json_ready(value):
   return value
 
 
-def _atomic_write(path: str, write) -> None:
-  """Calls write(file) on a temporary file beside `path`, then renames it."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-",
-                                       suffix=os.path.basename(path))
-  try:
-    with os.fdopen(handle, "wb") as file:
-      write(file)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
-
-
 def save_analysis(prefix: str,
                   distances: distances_lib.Distances,
                   summary: Mapping[str, Any] | None = None,
@@ -175,12 +158,12 @@ def save_analysis(prefix: str,
     arrays[f"unit/{side}/swapped_units"] = np.asarray(result.swapped_units)
 
   npz_path, json_path = prefix + NPZ_SUFFIX, prefix + JSON_SUFFIX
-  _atomic_write(npz_path, lambda file: np.savez(file, **arrays))
+  files.atomic_write(npz_path, lambda file: np.savez(file, **arrays))
   document = {"swap": dict(swap or {}), "layers": list(distances.layers),
               "param_counts": distances.param_counts.tolist(),
               "metrics": sorted(distances.metrics), **dict(summary or {})}
   text = json.dumps(_json_ready(document), indent=2, sort_keys=True, allow_nan=False)
-  _atomic_write(json_path, lambda file: file.write(text.encode()))
+  files.atomic_write(json_path, lambda file: file.write(text.encode()))
   return npz_path, json_path
 
 
