@@ -1,5 +1,6 @@
 """Tests for per-layer distances along a curve and the locality summary."""
 
+import functools
 import json
 import os
 
@@ -12,11 +13,13 @@ import scipy.special
 from mcjax import analysis
 from mcjax import curves
 from mcjax import models
+from mcjax import permutations as perm
 from mcjax import pytrees
 
 TS = np.linspace(0.0, 1.0, 11)
 KINDS = ["bezier", "polychain"]
-LAYERS = ["block0_conv0", "block0_bn0", "block1_conv0", "fc1", "fc2"]
+LAYERS = ["block0_conv0", "block0_bn0", "block1_conv0", "block1_bn0", "fc1",
+          "fc2", "fc3"]
 
 
 def _random_like(params, seed, scale=1.0):
@@ -30,18 +33,27 @@ def _random_like(params, seed, scale=1.0):
       params)
 
 
+_MODEL = models.VGG(blocks=((32,), (48,)), width=1 / 8, batch_norm=True)
+_IMAGES = np.zeros((1, 8, 8, 1), np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _shapes():
+  return jax.eval_shape(_MODEL.init, jax.random.key(0), _IMAGES)
+
+
 def _small_vgg_params(seed=0):
-  """Parameters shaped like a VGG with batch norm: 2 blocks, 8x8 images."""
-  shapes = {
-      "block0_conv0": {"kernel": (3, 3, 1, 4), "bias": (4,)},
-      "block0_bn0": {"scale": (4,), "bias": (4,)},
-      "block1_conv0": {"kernel": (3, 3, 4, 6), "bias": (6,)},
-      # Two 2x2 max-pools leave 2x2 maps, so fc1 reads 2 * 2 * 6 inputs.
-      "fc1": {"kernel": (24, 5), "bias": (5,)},
-      "fc2": {"kernel": (5, 3), "bias": (3,)},
-  }
-  zeros = jax.tree.map(np.zeros, shapes, is_leaf=lambda x: isinstance(x, tuple))
-  return _random_like(zeros, seed)
+  """Parameters of a 2-block VGG with batch norm on 8x8 images.
+
+  Convolutions have 4 and 6 channels and the classifier 64 hidden units; two
+  2x2 max-pools leave 2x2 maps, so fc1 reads 2 * 2 * 6 inputs.
+  """
+  return _random_like(_shapes()["params"], seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _spec():
+  return perm.infer_spec(_MODEL, _shapes(), _IMAGES)
 
 
 def _line(params_0, params_1, num_bends, kind):
@@ -53,50 +65,10 @@ def _line(params_0, params_1, num_bends, kind):
   return curves.Curve(bends=bends, kind=kind)
 
 
-def _small_vgg_axes():
-  """A permutation spec's axes for `_small_vgg_params`."""
-  return {
-      "params/block0_conv0/kernel": (None, None, None, "block0_conv0"),
-      "params/block0_conv0/bias": ("block0_conv0",),
-      "params/block0_bn0/scale": ("block0_conv0",),
-      "params/block0_bn0/bias": ("block0_conv0",),
-      "batch_stats/block0_bn0/mean": ("block0_conv0",),
-      "params/block1_conv0/kernel": (None, None, "block0_conv0",
-                                     "block1_conv0"),
-      "params/block1_conv0/bias": ("block1_conv0",),
-      "params/fc1/kernel": ("block1_conv0", "fc1"),
-      "params/fc1/bias": ("fc1",),
-      "params/fc2/kernel": ("fc1", None),
-      "params/fc2/bias": (None,),
-  }
-
-
-def _permute_by_hand(params, axes, group, order):
-  """Applies one group's permutation `order` to every axis the spec names.
-
-  An axis longer than the group is a flatten with the channel fastest, so the
-  permutation acts on each spatial copy.
-  """
-  flat = dict(pytrees.flatten_with_names(params))
-  for spec_path, per_axis in axes.items():
-    path = spec_path.partition("/")[2]
-    if not spec_path.startswith("params/"):
-      continue
-    for axis, name in enumerate(per_axis):
-      if name != group:
-        continue
-      leaf = np.asarray(flat[path])
-      moved = np.moveaxis(leaf, axis, -1)
-      copies = moved.reshape(moved.shape[:-1] + (-1, len(order)))
-      permuted = copies[..., order].reshape(moved.shape)
-      flat[path] = np.moveaxis(permuted, -1, axis)
-  return pytrees.unflatten_names(flat)
-
-
-def _swap_order(size, u, v):
-  order = np.arange(size)
-  order[[u, v]] = order[[v, u]]
-  return order
+def _swapped(params, group, units):
+  """Returns params with two units of `group` swapped by the permutation module."""
+  p = perm.swap(_spec(), group, pairs=[units])
+  return perm.apply(_spec(), p, {"params": params})["params"]
 
 
 def _curve(kind, num_bends=3, seed=0):
@@ -114,9 +86,7 @@ def _curve(kind, num_bends=3, seed=0):
 
 def _swap_curve(kind, group="block1_conv0", units=(1, 4), seed=0):
   params_0 = _small_vgg_params(seed)
-  axes = _small_vgg_axes()
-  size = np.shape(params_0[group]["bias"])[0]
-  params_1 = _permute_by_hand(params_0, axes, group, _swap_order(size, *units))
+  params_1 = jax.tree.map(np.asarray, _swapped(params_0, group, units))
   line = _line(params_0, params_1, 3, kind)
   offsets = _random_like(params_0, seed + 3, scale=0.1)
   bends = jax.tree.map(lambda b, o: np.stack([b[0], b[1] + o, b[2]]),
@@ -269,11 +239,18 @@ def test_swapped_layer_reordered_zero_at_ends(kind):
 def test_reordered_equals_to_start_in_untouched_layers():
   curve, params_1 = _swap_curve("bezier")
   distances = analysis.curve_distances(curve, TS, permuted_start=params_1)
-  for layer in ("block0_conv0", "block0_bn0", "fc2"):
+  for layer in ("block0_conv0", "block0_bn0", "fc2", "fc3"):
     column = distances.column(layer)
     np.testing.assert_allclose(distances.metric("reordered")[:, column],
                                distances.metric("to_start")[:, column],
                                rtol=1e-12)
+
+
+def test_permute_start_is_permuted_endpoint():
+  curve, params_1 = _swap_curve("bezier")
+  p = perm.swap(_spec(), "block1_conv0", pairs=[(1, 4)])
+  permuted = analysis.permute_start(curve, _spec(), p)
+  jax.tree.map(np.testing.assert_array_equal, permuted, params_1)
 
 
 def test_to_permuted_start_matches_materialised():
@@ -324,7 +301,8 @@ def test_layer_order_follows_vgg16():
 
 def test_layer_order_explicit():
   params = _small_vgg_params()
-  order = ["fc2", "fc1", "block1_conv0", "block0_bn0", "block0_conv0"]
+  order = ["fc3", "fc2", "fc1", "block1_bn0", "block1_conv0", "block0_bn0",
+           "block0_conv0"]
   assert list(analysis.layer_groups(params, order)) == order
 
 
@@ -367,11 +345,17 @@ def test_locality_unknown_layer_raises():
 
 
 def test_touched_layers_of_group():
-  axes, params = _small_vgg_axes(), _small_vgg_params()
-  assert analysis.touched_layers(axes, "block0_conv0", params) == [
+  spec, params = _spec(), _small_vgg_params()
+  assert analysis.touched_layers(spec, "block0_conv0", params) == [
       "block0_conv0", "block0_bn0", "block1_conv0"]
-  assert analysis.touched_layers(axes, "block1_conv0", params) == [
-      "block1_conv0", "fc1"]
+  assert analysis.touched_layers(spec, "block1_conv0", params) == [
+      "block1_conv0", "block1_bn0", "fc1"]
+
+
+def test_touched_layers_from_axes_mapping():
+  axes = dict(_spec().axes)
+  assert analysis.touched_layers(axes, "fc1", _small_vgg_params()) == [
+      "fc1", "fc2"]
 
 
 def _unit_reference(curve, path, axis, units, ts):
@@ -390,7 +374,7 @@ def _unit_reference(curve, path, axis, units, ts):
 @pytest.mark.parametrize("kind", KINDS)
 def test_unit_deviation_matches_materialised(kind):
   curve, _ = _swap_curve(kind)
-  sides = analysis.unit_deviation(curve, _small_vgg_axes(), "block1_conv0",
+  sides = analysis.unit_deviation(curve, _spec(), "block1_conv0",
                                   [1, 4], TS)
   # The input side is fc1's kernel, read through the flatten: unit u owns the
   # rows u, u + 6, u + 12, u + 18.
@@ -398,10 +382,11 @@ def test_unit_deviation_matches_materialised(kind):
       sides["input"].deviation,
       _unit_reference(curve, "fc1/kernel", 0, 6, TS), rtol=1e-5, atol=1e-6)
   kernel = _unit_reference(curve, "block1_conv0/kernel", 3, 6, TS)
-  bias = _unit_reference(curve, "block1_conv0/bias", 0, 6, TS)
-  np.testing.assert_allclose(sides["output"].deviation,
-                             np.sqrt(kernel**2 + bias**2), rtol=1e-5,
-                             atol=1e-6)
+  squares = kernel**2 + sum(
+      _unit_reference(curve, path, 0, 6, TS)**2
+      for path in ("block1_conv0/bias", "block1_bn0/scale", "block1_bn0/bias"))
+  np.testing.assert_allclose(sides["output"].deviation, np.sqrt(squares),
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_unit_deviation_ranks_moved_units_first():
@@ -412,7 +397,7 @@ def test_unit_deviation_ranks_moved_units_first():
   kernel[1, ..., 0] += 0.5
   kernel[1, ..., 3] += 0.01
   curve = curves.Curve(bends=bends, kind="bezier")
-  sides = analysis.unit_deviation(curve, _small_vgg_axes(), "block0_conv0",
+  sides = analysis.unit_deviation(curve, _spec(), "block0_conv0",
                                   [2, 0], TS)
   stats = sides["output"].stats
   # The offsets have norms 3 (unit 2), 1.5 (unit 0), 0.03 (unit 3) and 0
@@ -430,21 +415,21 @@ def test_unit_deviation_ranks_moved_units_first():
 def test_unit_deviation_unknown_group_raises():
   curve, _ = _swap_curve("bezier")
   with pytest.raises(ValueError, match="block1_conv0"):
-    analysis.unit_deviation(curve, _small_vgg_axes(), "nope", [0], TS)
+    analysis.unit_deviation(curve, _spec(), "nope", [0], TS)
 
 
 def test_unit_deviation_unit_out_of_range_raises():
   curve, _ = _swap_curve("bezier")
   with pytest.raises(ValueError, match=r"\[0, 6\)"):
-    analysis.unit_deviation(curve, _small_vgg_axes(), "block1_conv0", [6], TS)
+    analysis.unit_deviation(curve, _spec(), "block1_conv0", [6], TS)
 
 
 def test_save_and_load_roundtrip(tmp_path):
   curve, params_1 = _swap_curve("bezier")
   distances = analysis.curve_distances(curve, TS, permuted_start=params_1)
-  sides = analysis.unit_deviation(curve, _small_vgg_axes(), "block1_conv0",
+  sides = analysis.unit_deviation(curve, _spec(), "block1_conv0",
                                   [1, 4], TS)
-  layers = analysis.touched_layers(_small_vgg_axes(), "block1_conv0",
+  layers = analysis.touched_layers(_spec(), "block1_conv0",
                                    curves.endpoints(curve)[0])
   summary = analysis.locality_summary(distances, layers, sides)
   swap = {"layer": "block1_conv0", "pairs": [[1, 4]], "consumer": "fc1"}

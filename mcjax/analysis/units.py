@@ -65,14 +65,19 @@ def _strip_collection(path: str) -> str | None:
   return path
 
 
-def group_axes(axes: Mapping[str, Sequence[str | None]], group: str,
+def _spec_axes(spec) -> Mapping[str, Sequence[str | None]]:
+  return spec.axes if hasattr(spec, "axes") else spec
+
+
+def group_axes(spec, group: str,
                params: PyTree) -> dict[str, list[tuple[str, int]]]:
   """Finds the parameter leaves a permutation group acts on, by side.
 
   Args:
-    axes: a permutation spec's `axes`, {leaf path: per-axis group name or
-      None}; paths may carry a 'params/' prefix, and 'batch_stats/' paths are
-      skipped because they are not parameters.
+    spec: a `mcjax.permutations.PermutationSpec`, or its `axes` mapping
+      {leaf path: per-axis group name or None}. Paths may carry a 'params/'
+      prefix, and 'batch_stats/' paths are skipped because they are not
+      parameters.
     group: the group name.
     params: the params pytree the paths refer to (one endpoint).
 
@@ -84,6 +89,7 @@ def group_axes(axes: Mapping[str, Sequence[str | None]], group: str,
   Raises:
     ValueError: if no parameter leaf carries the group.
   """
+  axes = _spec_axes(spec)
   flat = pytrees.flatten_with_names(params)
   sides: dict[str, list[tuple[str, int]]] = {OUTPUT: [], INPUT: []}
   for spec_path, per_axis in axes.items():
@@ -103,14 +109,13 @@ def group_axes(axes: Mapping[str, Sequence[str | None]], group: str,
   return sides
 
 
-def touched_layers(axes: Mapping[str, Sequence[str | None]], group: str,
-                   params: PyTree) -> list[str]:
+def touched_layers(spec, group: str, params: PyTree) -> list[str]:
   """Returns the layers a permutation group changes, output side first.
 
   For a swap in `block2_conv1` with batch norm these are `block2_conv1`,
   `block2_bn1` and the consumer `block2_conv2`.
   """
-  sides = group_axes(axes, group, params)
+  sides = group_axes(spec, group, params)
   names: list[str] = []
   for side in (OUTPUT, INPUT):
     for path, _ in sides[side]:
@@ -140,16 +145,14 @@ def _unit_grams(bends: np.ndarray, axis: int, num_units: int,
   return np.einsum("krn,jrn->nkj", basis, basis)
 
 
-def unit_deviation(curve: curves.Curve,
-                   axes: Mapping[str, Sequence[str | None]],
-                   group: str,
+def unit_deviation(curve: curves.Curve, spec, group: str,
                    swapped_units: Sequence[int],
                    ts=None) -> dict[str, UnitDeviation]:
   """Measures the per-unit deviation from the straight line on both sides.
 
   Args:
     curve: a `curves.Curve` over a params pytree.
-    axes: the permutation spec's `axes` (see `group_axes`).
+    spec: the permutation spec or its `axes` (see `group_axes`).
     group: the permuted layer's group name, e.g. "block2_conv1".
     swapped_units: the units under study, e.g. [3, 17] for one swapped pair.
     ts: (T,) t values; default 61 evenly spaced in [0, 1].
@@ -164,7 +167,7 @@ def unit_deviation(curve: curves.Curve,
   """
   ts = distances_lib.default_ts() if ts is None else distances_lib.check_ts(ts)
   start, _ = curves.endpoints(curve)
-  sides = group_axes(axes, group, start)
+  sides = group_axes(spec, group, start)
   flat_bends = pytrees.flatten_with_names(curve.bends)
   flat_start = pytrees.flatten_with_names(start)
 
