@@ -45,8 +45,8 @@ def _shapes():
 def _small_vgg_params(seed=0):
   """Parameters of a 2-block VGG with batch norm on 8x8 images.
 
-  Convolutions have 4 and 6 channels and the classifier 64 hidden units; two
-  2x2 max-pools leave 2x2 maps, so fc1 reads 2 * 2 * 6 inputs.
+  Convolutions have 4 and 6 channels and the classifier has 64 hidden units.
+  Two 2x2 max-pools leave 2x2 maps, so fc1 reads 2 * 2 * 6 inputs.
   """
   return _random_like(_shapes()["params"], seed)
 
@@ -448,3 +448,19 @@ def test_save_and_load_roundtrip(tmp_path):
   assert document["units"]["input"]["swapped_rank"] == (
       summary["units"]["input"]["swapped_rank"])
   assert sorted(os.listdir(tmp_path)) == ["distances.json", "distances.npz"]
+
+
+def test_analyze_swap_end_to_end(tmp_path):
+  curve, _ = _swap_curve("bezier")
+  result = analysis.analyze_swap(curve, _spec(), "block1_conv0", [(1, 4)], TS)
+  assert result.swap == {"layer": "block1_conv0", "pairs": [[1, 4]],
+                         "units": [1, 4], "consumer": "fc1",
+                         "touched_layers": ["block1_conv0", "block1_bn0",
+                                            "fc1"]}
+  column = result.distances.column("block1_conv0")
+  assert result.distances.metric("reordered")[-1, column] == pytest.approx(
+      0.0, abs=1e-6)
+  assert 0.0 < result.summary["share_integrated"] < 1.0
+  npz_path, _ = result.save(str(tmp_path / "swap"))
+  loaded, swap = analysis.load_distances(npz_path)
+  assert swap == result.swap

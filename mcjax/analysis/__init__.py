@@ -1,6 +1,11 @@
 """Per-layer distances along a curve and the locality of its bend.
 
-Example:
+Example, all in one call for a curve from theta_0 to its swapped copy:
+
+  result = analysis.analyze_swap(curve, spec, "block2_conv1", [(3, 17)])
+  result.save(prefix)          # prefix.npz and prefix.json
+
+or step by step:
 
   distances = analysis.curve_distances(
       curve, permuted_start=analysis.permute_start(curve, spec, p))
@@ -25,6 +30,8 @@ from mcjax.analysis.grams import permute_start
 from mcjax.analysis.locality import load_distances
 from mcjax.analysis.locality import locality_summary
 from mcjax.analysis.locality import save_analysis
+from mcjax.analysis.swap import SwapAnalysis
+from mcjax.analysis.swap import analyze_swap
 from mcjax.analysis.units import UnitDeviation
 from mcjax.analysis.units import group_axes
 from mcjax.analysis.units import touched_layers

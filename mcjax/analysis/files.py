@@ -11,8 +11,8 @@ from typing import BinaryIO
 def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
   """Calls write(file) on a temporary file beside `path`, then renames it.
 
-  The temporary file sits in the same directory, so `os.replace` is an atomic
-  rename on POSIX file systems; a reader sees the old file or the complete
+  The temporary file is in the same directory, so `os.replace` is an atomic
+  rename on POSIX file systems. A reader sees the old file or the complete
   new one. Missing parent directories are created.
   """
   directory = os.path.dirname(os.path.abspath(path))

@@ -1,7 +1,7 @@
 """The locality summary of a curve, and its JSON and NPZ files.
 
 The question: does the curve between a network and its permuted copy bend only
-the permuted layers (local) or every layer (global)? The answer is the share
+the permuted layers (local) or every layer (global)? The measure is the share
 of the curve's squared deviation from the straight line that falls in the
 permuted layers. Squared deviations add up over layers, so the shares of all
 layers sum to 1.
@@ -125,7 +125,7 @@ def save_analysis(prefix: str,
   Each file is written under a temporary name and renamed when complete, so
   a crash never leaves a partial file under the final name.
 
-  The NPZ holds `ts` (T,), `layers` (L + 1,) strings, `param_counts`,
+  The NPZ contains `ts` (T,), `layers` (L + 1,) strings, `param_counts`,
   `start_norm`, `end_norm`, one (T, L + 1) array per metric under
   `metric/<name>`, `unit/<side>/deviation` (T, units) and
   `unit/<side>/rms` (units,) per side, and `swap_json`, `kind` and

@@ -1,10 +1,10 @@
 """Per-unit deviation from the straight line inside a permuted layer.
 
-A permutation group acts on the output units of one layer (kernel[..., u],
-bias[u], and the scale, bias and statistics of a batch norm after it) and on
-the input units of its consumer (kernel[..., u, :] of a conv, row u of a dense
-kernel, and every spatial copy of channel u where a flatten feeds a dense
-layer). For each side and each unit u this module measures
+A permutation group acts on the output units of one layer: kernel[..., u],
+bias[u], and the scale, bias and statistics of a batch norm after it. It also
+acts on the input units of the layer's consumer: kernel[..., u, :] of a conv,
+row u of a dense kernel, and every spatial copy of channel u where a flatten
+feeds a dense layer. For each side and each unit u this module measures
 ||theta_u(t) - line_u(t)||, the curve's correction restricted to the
 parameters of unit u, from per-unit Gram matrices, and compares the swapped
 units with the distribution over the other units.
