@@ -28,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -47,6 +48,9 @@ _NUM_POINTS = flags.DEFINE_integer("num_points", 61, "Number of t values.")
 _REPEATS = flags.DEFINE_integer("repeats", 3,
                                 "Timed repeats of the Gram method.")
 _WIDTH = flags.DEFINE_float("width", 1.0, "VGG16 width multiplier.")
+_SERIES_DIR = flags.DEFINE_string(
+    "series_dir", None, "Folder where a child process saves its metrics for "
+    "the comparison; the parent passes a temporary folder.")
 
 SWAP_LAYER = "block2_conv1"
 SWAP_PAIR = (3, 17)
@@ -169,19 +173,23 @@ def _child() -> None:
     series, seconds = _run_points(curve, permuted, ts, layers)
     times = [seconds]
   peak = _rss_kib("VmHWM")
-  np.savez(f"/tmp/analysis_bench_{_METHOD.value}.npz", **series)
+  np.savez(os.path.join(_SERIES_DIR.value, f"{_METHOD.value}.npz"), **series)
   print(json.dumps({"method": _METHOD.value, "seconds": seconds,
                     "times": times, "extra_peak_mib": (peak - before) / 1024,
                     "curve_mib": curve_bytes / 2**20,
                     "num_params": int(num_params)}))
 
 
-def _spawn(method: str) -> dict:
+def _spawn(method: str, series_dir: str) -> dict:
   command = [sys.executable, __file__, f"--method={method}",
+             f"--series_dir={series_dir}",
              f"--num_points={_NUM_POINTS.value}",
              f"--repeats={_REPEATS.value}", f"--width={_WIDTH.value}"]
-  result = subprocess.run(command, capture_output=True, text=True, check=True,
-                          env=dict(os.environ))
+  result = subprocess.run(command, capture_output=True, text=True,
+                          env=dict(os.environ), check=False)
+  if result.returncode:
+    raise RuntimeError(f"The {method} run failed with exit status "
+                       f"{result.returncode}:\n{result.stderr[-3000:]}")
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -191,10 +199,11 @@ def main(argv):
     _child()
     return
 
-  grams = _spawn("grams")
-  points = _spawn("points")
-  from_grams = np.load("/tmp/analysis_bench_grams.npz")
-  from_points = np.load("/tmp/analysis_bench_points.npz")
+  with tempfile.TemporaryDirectory() as series_dir:
+    grams = _spawn("grams", series_dir)
+    points = _spawn("points", series_dir)
+    from_grams = dict(np.load(os.path.join(series_dir, "grams.npz")))
+    from_points = dict(np.load(os.path.join(series_dir, "points.npz")))
   worst = {}
   for name in COMPARED:
     reference = from_points[name]

@@ -28,6 +28,7 @@ import dataclasses
 import re
 from typing import Any
 
+import jax
 import numpy as np
 
 from mcjax import curves
@@ -153,6 +154,12 @@ class CurveGrams:
     return self.num_bends - 1 + self.reference_names.index(name)
 
 
+def endpoint_shapes(curve: curves.Curve) -> PyTree:
+  """Returns ShapeDtypeStructs of one endpoint, without slicing the bends."""
+  return jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.shape[1:], b.dtype),
+                      curve.bends)
+
+
 def basis_rows(bends: np.ndarray, references: list[np.ndarray]) -> np.ndarray:
   """Returns the (K, ...) basis vectors for (n, ...) float64 bends."""
   num_bends = bends.shape[0]
@@ -192,7 +199,7 @@ def curve_grams(curve: curves.Curve,
     raise ValueError(f"chunk_size={chunk_size} is invalid; expected a positive "
                      "number of elements.")
   references = dict(references or {})
-  start, _ = curves.endpoints(curve)
+  start = endpoint_shapes(curve)
   for name, reference in references.items():
     mismatch = pytrees.first_mismatch(start, reference)
     if mismatch is not None:

@@ -64,7 +64,7 @@ def analyze_swap(curve: curves.Curve, spec, layer: str,
   permutation = perm.swap(spec, layer, pairs=[tuple(pair) for pair in pairs])
   ts = distances_lib.default_ts() if ts is None else distances_lib.check_ts(ts)
 
-  start, _ = curves.endpoints(curve)
+  start = grams.endpoint_shapes(curve)
   distances = distances_lib.curve_distances(
       curve, ts, permuted_start=grams.permute_start(curve, spec, permutation))
   swapped_units = [unit for pair in pairs for unit in pair]

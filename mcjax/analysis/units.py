@@ -166,7 +166,7 @@ def unit_deviation(curve: curves.Curve, spec, group: str,
       the permuted axes disagree on the number of units.
   """
   ts = distances_lib.default_ts() if ts is None else distances_lib.check_ts(ts)
-  start, _ = curves.endpoints(curve)
+  start = grams_lib.endpoint_shapes(curve)
   sides = group_axes(spec, group, start)
   flat_bends = pytrees.flatten_with_names(curve.bends)
   flat_start = pytrees.flatten_with_names(start)
