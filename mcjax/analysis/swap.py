@@ -17,7 +17,7 @@ from mcjax.analysis import units as units_lib
 
 @dataclasses.dataclass(frozen=True)
 class SwapAnalysis:
-  """Everything `analyze_swap` computes.
+  """The results of `analyze_swap`.
 
   Attributes:
     distances: per-layer distances, with the permutation metrics.
@@ -44,7 +44,7 @@ def analyze_swap(curve: curves.Curve, spec, layer: str,
   """Measures where a curve between theta_0 and its swapped copy bends.
 
   The curve's end endpoint should be P theta_0 with P = `perm.swap(spec,
-  layer, pairs=pairs)`; the distances to P theta_0 are computed from the
+  layer, pairs=pairs)`. The distances to P theta_0 are computed from the
   start endpoint and P, so a mismatch shows as a nonzero `reordered` at t = 1.
 
   Args:
