@@ -23,27 +23,33 @@ def get_config() -> ml_collections.ConfigDict:
   config = base.get_config()
   config.name = "quickstart"
 
-  # Fashion-MNIST, 60,000 training and 10,000 test images, all of them used.
   config.dataset.name = "fashion_mnist"
+  # Train every stage on the first 30,000 training images, so each epoch is
+  # short and the per-epoch learning-rate schedule gets several epochs. The
+  # test split keeps all 10,000 images.
+  config.dataset.train_size = 30000
 
   # 1/8 of VGG16's channels: 8..64 per conv, 64 hidden units.
   config.model.width = 0.125
+  # Batch norm, because the narrow VGG16 without it trains too slowly to
+  # reach 88% test accuracy in a few CPU minutes.
+  config.model.batch_norm = True
 
-  # Fewer epochs than the research setting; no augmentation, because random
-  # crops and flips slow down the first epochs on Fashion-MNIST.
-  config.endpoint.epochs = 2
+  # Three epochs: learning rate 0.05, then 0.029, then 0.0005.
+  config.endpoint.epochs = 3
+  # No random crops or flips: they slow down the first epochs.
   config.endpoint.augment = False
   # A checkpoint after every epoch, so an interrupted run loses little.
   config.endpoint.checkpoint_every = 1
 
-  # One curve epoch from the straight line already removes most of the
-  # barrier between two equivalent networks.
-  config.curve.epochs = 1
+  # Two epochs: learning rate 0.015, then 0.00015.
+  config.curve.epochs = 2
   config.curve.augment = False
   config.curve.checkpoint_every = 1
 
-  # 21 points, 5,000 training and 5,000 test images per point.
-  config.evaluate.num_points = 21
-  config.evaluate.train_size = 5000
+  # 11 points; 2,000 training images (which also recompute the batch-norm
+  # statistics at each t) and 5,000 test images per point.
+  config.evaluate.num_points = 11
+  config.evaluate.train_size = 2000
   config.evaluate.test_size = 5000
   return config
