@@ -4,11 +4,11 @@
       [-- extra experiments.run flags]
 
 Runs `python -m experiments.run --config configs/quickstart.py` in a fresh
-workdir as a subprocess and reports its wall time, its CPU time (user +
-system, which a busy machine inflates less than the wall time), the seconds
-of each stage from its stage.json, the endpoint's test accuracy, the
-equivalence check and both barriers. The load average before and after tells
-how busy the machine was.
+workdir as a subprocess. It reports the wall time and the CPU time (user +
+system), which a busy machine inflates less than the wall time. It also
+reports the seconds of each stage from its stage.json, the endpoint's test
+accuracy, the equivalence check and both barriers. The load average before
+and after shows how busy the machine was.
 """
 
 import argparse
