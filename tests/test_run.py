@@ -57,8 +57,11 @@ ARTIFACTS = [
 ]
 TRAINING_STAGES = ("endpoint", "curve")
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(DATA_DIR), reason=f"Fashion-MNIST not in {DATA_DIR}")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(DATA_DIR),
+                       reason=f"Fashion-MNIST not in {DATA_DIR}"),
+]
 
 
 def tiny_config(**changes):
