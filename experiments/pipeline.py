@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging as std_logging
 import os
+import resource
 import shutil
 import time
 from typing import Any
@@ -92,6 +93,12 @@ class QuietLibraryFilter(std_logging.Filter):
 
 class StageError(RuntimeError):
   """A stage cannot run, for example because an earlier one is missing."""
+
+
+def _cpu_seconds() -> float:
+  """Returns the user plus system CPU time of this process so far."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
 
 
 def _lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -338,12 +345,14 @@ class Pipeline:
     absl_logger = logging.get_absl_logger()
     absl_logger.addHandler(handler)
     started = time.time()
+    cpu_started = _cpu_seconds()
     try:
       stage.run(self.context)
     finally:
       absl_logger.removeHandler(handler)
       handler.close()
     seconds = time.time() - started
+    cpu_seconds = _cpu_seconds() - cpu_started
 
     token = uuid.uuid4().hex
     storage.write_json(os.path.join(folder, MARKER), {
@@ -353,7 +362,9 @@ class Pipeline:
         "token": token,
         "config": stage_config(stage, self.config),
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
-    logging.info("Stage %s: complete in %.1f s.", stage.name, seconds)
+    logging.info("Stage %s: complete in %.1f s (%.1f s of CPU time).",
+                 stage.name, seconds, cpu_seconds)
     return StageState("complete", state.fingerprint, state.inputs, token=token)
