@@ -60,8 +60,9 @@ def main():
   print(f"| wall time | {wall:.0f} s |")
   print(f"| CPU time (user + system) | {usage.ru_utime + usage.ru_stime:.0f} s |")
   for stage in STAGES:
-    seconds = read(workdir, stage, "stage.json")["seconds"]
-    print(f"| stage {stage} | {seconds:.0f} s |")
+    marker = read(workdir, stage, "stage.json")
+    print(f"| stage {stage}: wall / CPU | {marker['seconds']:.0f} s / "
+          f"{marker['cpu_seconds']:.0f} s |")
   print(f"| endpoint test accuracy | {endpoint['test']['accuracy']:.2f}% |")
   print(f"| equivalence: max logit difference | "
         f"{check['max_logit_difference']:.3g} |")
