@@ -6,7 +6,7 @@
 Fashion-MNIST is read from its IDX files (Debian's dataset-fashion-mnist
 package puts them in /usr/share/datasets/fashion-mnist), so the run needs no
 network. A VGG16 at width 1/8 (8 to 64 channels) with batch norm trains on
-30,000 training images. One pair of units of the middle layer block2_conv1
+20,000 training images. One pair of units of the middle layer block2_conv1
 is swapped, and a 3-bend Bezier curve joins the endpoint and its permuted
 copy. The evaluation uses 11 points and part of each split to keep the run
 short. The analysis uses 61 points, because its cost hardly depends on
@@ -24,10 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.name = "quickstart"
 
   config.dataset.name = "fashion_mnist"
-  # Train every stage on the first 30,000 training images, so each epoch is
+  # Train every stage on the first 20,000 training images, so each epoch is
   # short and the per-epoch learning-rate schedule gets several epochs. The
   # test split keeps all 10,000 images.
-  config.dataset.train_size = 30000
+  config.dataset.train_size = 20000
 
   # 1/8 of VGG16's channels: 8..64 per conv, 64 hidden units.
   config.model.width = 0.125
@@ -35,8 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
   # reach 88% test accuracy in a few CPU minutes.
   config.model.batch_norm = True
 
-  # Three epochs: learning rate 0.05, then 0.029, then 0.0005.
-  config.endpoint.epochs = 3
+  # Four epochs of 312 steps: learning rate 0.05, 0.05, 0.019, then 0.0005.
+  config.endpoint.epochs = 4
+  # Batches of 64 give twice the steps of 128 for the same computation.
+  config.endpoint.batch_size = 64
   # No random crops or flips: they slow down the first epochs.
   config.endpoint.augment = False
   # A checkpoint after every epoch, so an interrupted run loses little.
@@ -44,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Two epochs: learning rate 0.015, then 0.00015.
   config.curve.epochs = 2
+  config.curve.batch_size = 64
   config.curve.augment = False
   config.curve.checkpoint_every = 1
 
