@@ -50,8 +50,8 @@ def weight_matching(spec: spec_lib.PermutationSpec,
 
   Each iteration visits every group once, in an order drawn from
   `fold_in(key, iteration)`. For a group g, entry (i, j) of its similarity
-  matrix is the summed inner product of unit i of network A and unit j of
-  network B (under the current permutation of the other groups) over every
+  matrix is the inner product of unit i of network A and unit j of network
+  B, under the current permutation of the other groups. It sums over every
   axis g acts on: the producing layer's kernel output axis, bias and
   normalisation parameters, and the consumer's input axis, spatial copies
   included. The Hungarian algorithm (`optax.assignment.hungarian_algorithm`)
