@@ -73,10 +73,17 @@ class PermutationSpec:
     _check_consistency(self)
 
   def __hash__(self):
-    # A hash lets a spec be a static argument of jax.jit.
-    return hash((tuple(self.axes.items()), tuple(self.sizes.items()),
-                 self.layers, tuple(self.consumers.items()),
-                 self.output_layer, tuple(self.copies.items())))
+    # A hash lets a spec be a static argument of jax.jit. Frozensets make it
+    # independent of dict order, as equality is.
+    return hash((frozenset(self.axes.items()), frozenset(self.sizes.items()),
+                 self.layers, frozenset(self.consumers.items()),
+                 self.output_layer, frozenset(self.copies.items())))
+
+  def __reduce__(self):
+    # Read-only mapping proxies cannot be pickled, so pickle plain dicts.
+    return (PermutationSpec, (dict(self.axes), dict(self.sizes), self.layers,
+                              dict(self.consumers), self.output_layer,
+                              dict(self.copies)))
 
   @property
   def group_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
