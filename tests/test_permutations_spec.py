@@ -207,7 +207,7 @@ def test_validate_accepts_params_alone():
 
 def test_validate_rejects_bare_params():
   spec, variables = _spec()
-  with pytest.raises(ValueError, match="not in the permutation spec"):
+  with pytest.raises(ValueError, match="not a collection of the spec"):
     perm.validate(spec, variables["params"])
 
 
