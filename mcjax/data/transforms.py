@@ -60,18 +60,38 @@ def augment(key: jax.Array, images: jax.Array, *, padding: int = 4,
   Returns:
     An array with the shape and dtype of `images`.
   """
-  batch, height, width, _ = images.shape
+  batch = images.shape[0]
   crop_key, flip_key = jax.random.split(key)
   offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * padding + 1)
+  out = crop(images, offsets, padding=padding)
+  if flip:
+    out = flip_left_right(out, jax.random.bernoulli(flip_key, 0.5, (batch,)))
+  return out
+
+
+def crop(images: jax.Array, offsets: jax.Array, *, padding: int) -> jax.Array:
+  """Crops each image at its own offset from a zero-padded copy.
+
+  Args:
+    images: array of shape (batch, height, width, channels).
+    offsets: int array of shape (batch, 2), the (row, column) of each crop's
+      top-left corner in the padded image, each in [0, 2 * padding].
+    padding: zero padding on each side, in pixels.
+
+  Returns:
+    An array with the shape and dtype of `images`.
+  """
+  _, height, width, channels = images.shape
   padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding),
                             (0, 0)))
 
-  def crop(image, offset):
+  def crop_one(image, offset):
     return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0),
-                                 (height, width, image.shape[-1]))
+                                 (height, width, channels))
 
-  out = jax.vmap(crop)(padded, offsets)
-  if flip:
-    flips = jax.random.bernoulli(flip_key, 0.5, (batch,))
-    out = jnp.where(flips[:, None, None, None], out[:, :, ::-1, :], out)
-  return out
+  return jax.vmap(crop_one)(padded, offsets)
+
+
+def flip_left_right(images: jax.Array, flips: jax.Array) -> jax.Array:
+  """Mirrors images (batch, height, width, channels) where `flips` (batch,)."""
+  return jnp.where(flips[:, None, None, None], images[:, :, ::-1, :], images)
