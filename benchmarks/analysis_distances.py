@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 
 from absl import app
 from absl import flags
@@ -165,6 +166,7 @@ def _child() -> None:
 
   before = _rss_kib("VmRSS")
   _reset_peak()
+  traced_mib = None
   if _METHOD.value == "grams":
     distances, times = _run_grams(curve, permuted, ts)
     series = {name: distances.metric(name) for name in COMPARED}
@@ -173,9 +175,17 @@ def _child() -> None:
     series, seconds = _run_points(curve, permuted, ts, layers)
     times = [seconds]
   peak = _rss_kib("VmHWM")
+  if _METHOD.value == "grams":
+    # RSS misses memory that the allocator reuses from earlier frees, so
+    # also count the NumPy allocations of one more run with tracemalloc.
+    tracemalloc.start()
+    analysis.curve_distances(curve, ts, permuted_start=permuted)
+    traced_mib = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
   np.savez(os.path.join(_SERIES_DIR.value, f"{_METHOD.value}.npz"), **series)
   print(json.dumps({"method": _METHOD.value, "seconds": seconds,
                     "times": times, "extra_peak_mib": (peak - before) / 1024,
+                    "traced_peak_mib": traced_mib,
                     "curve_mib": curve_bytes / 2**20,
                     "num_params": int(num_params)}))
 
@@ -213,7 +223,8 @@ def main(argv):
         f"3 bends, curve {grams['curve_mib']:.1f} MiB, "
         f"{_NUM_POINTS.value} t")
   print(f"grams : {grams['seconds']:.2f} s (min of {grams['times']}), "
-        f"extra peak RSS {grams['extra_peak_mib']:.1f} MiB")
+        f"extra peak RSS {grams['extra_peak_mib']:.1f} MiB, tracemalloc peak "
+        f"{grams['traced_peak_mib']:.1f} MiB")
   print(f"points: {points['seconds']:.2f} s, extra peak RSS "
         f"{points['extra_peak_mib']:.1f} MiB")
   print(f"speedup {points['seconds'] / grams['seconds']:.1f}x; grams extra "

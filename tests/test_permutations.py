@@ -19,12 +19,12 @@ _SETTINGS = hypothesis.settings(
     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
 
 # (batch_norm, image size, blocks): the plain and batch-norm VGG16 at 32px
-# (1x1 map before fc1), VGG16 at 64px (2x2 map) and a three-block VGG (4x4).
+# (1x1 map before fc1) and a three-block VGG with batch norm, whose fc1
+# reads a 4x4 map.
 _VARIANTS = {
     "vgg16": (False, 32, models.VGG16_BLOCKS),
     "vgg16_bn": (True, 32, models.VGG16_BLOCKS),
-    "vgg16_64px": (True, 64, models.VGG16_BLOCKS),
-    "vgg3_blocks": (False, 32, models.VGG16_BLOCKS[:3]),
+    "vgg3_blocks_bn": (True, 32, models.VGG16_BLOCKS[:3]),
 }
 
 
@@ -61,7 +61,7 @@ def test_random_permutation_keeps_logits(variant, seed):
   _assert_same_function(variant, perm.random(spec, jax.random.key(seed)))
 
 
-@pytest.mark.parametrize("variant", ["vgg16", "vgg16_bn", "vgg16_64px"])
+@pytest.mark.parametrize("variant", ["vgg16_bn", "vgg3_blocks_bn"])
 @_SETTINGS
 @hypothesis.given(data=st.data())
 def test_swap_keeps_logits(variant, data):
@@ -74,7 +74,7 @@ def test_swap_keeps_logits(variant, data):
       variant, perm.swap(spec, layer, num_pairs=num_pairs, seed=seed))
 
 
-@pytest.mark.parametrize("variant", ["vgg16_bn", "vgg3_blocks"])
+@pytest.mark.parametrize("variant", ["vgg16", "vgg3_blocks_bn"])
 def test_reverse_keeps_logits(variant):
   _assert_same_function(variant, perm.reverse(_setup(variant)[0]))
 
@@ -90,7 +90,7 @@ def test_random_permutation_changes_weights():
 @_SETTINGS
 @hypothesis.given(seed=st.integers(0, 2**31 - 1))
 def test_invert_undoes_apply(seed):
-  spec, variables = _setup("vgg16_64px")[:2]
+  spec, variables = _setup("vgg3_blocks_bn")[:2]
   p = perm.random(spec, jax.random.key(seed))
   restored = perm.apply(spec, perm.invert(p), perm.apply(spec, p, variables))
   _assert_trees_equal(restored, variables)
@@ -116,7 +116,7 @@ def test_compose_is_associative(seed):
 
 
 def test_compose_order_convention():
-  spec, variables = _setup("vgg16_64px")[:2]
+  spec, variables = _setup("vgg3_blocks_bn")[:2]
   p = perm.random(spec, jax.random.key(1))
   q = perm.random(spec, jax.random.key(2))
   _assert_trees_equal(
@@ -160,7 +160,7 @@ def test_random_is_deterministic():
 
 
 def test_apply_under_jit_matches_eager():
-  spec, variables = _setup("vgg16_64px")[:2]
+  spec, variables = _setup("vgg3_blocks_bn")[:2]
   p = perm.random(spec, jax.random.key(3))
   jitted = jax.jit(functools.partial(perm.apply, spec))(p, variables)
   _assert_trees_equal(jitted, perm.apply(spec, p, variables))
@@ -185,19 +185,21 @@ def test_apply_partial_collection_raises():
 
 
 def test_flatten_copies_permuted_together():
-  # At 64px, fc1 reads a 2x2 map: row (h * 2 + w) * 64 + c is channel c.
-  spec, variables = _setup("vgg16_64px")[:2]
-  p = perm.swap(spec, "block4_conv2", pairs=[(0, 5)])
+  # Three blocks leave a 4x4 map of 32 channels: fc1 row (h * 4 + w) * 32 + c
+  # is channel c.
+  spec, variables = _setup("vgg3_blocks_bn")[:2]
+  p = perm.swap(spec, "block2_conv2", pairs=[(0, 5)])
   kernel = np.asarray(variables["params"]["fc1"]["kernel"])
-  permuted = np.asarray(perm.apply(spec, p, variables)["params"]["fc1"]["kernel"])
+  permuted = perm.apply(spec, p, variables)
+  permuted_kernel = np.asarray(permuted["params"]["fc1"]["kernel"])
   expected = kernel.copy()
-  for position in range(4):
-    expected[[position * 64, position * 64 + 5]] = kernel[
-        [position * 64 + 5, position * 64]]
-  np.testing.assert_array_equal(permuted, expected)
+  for position in range(16):
+    rows = [position * 32, position * 32 + 5]
+    expected[rows] = kernel[rows[::-1]]
+  np.testing.assert_array_equal(permuted_kernel, expected)
 
 
-@pytest.mark.parametrize("variant", ["vgg16_bn", "vgg16_64px"])
+@pytest.mark.parametrize("variant", ["vgg16_bn", "vgg3_blocks_bn"])
 @_SETTINGS
 @hypothesis.given(data=st.data())
 def test_swap_changes_only_swapped_slices(variant, data):
@@ -281,7 +283,7 @@ def test_resolve_layer_presets():
 
 
 def test_resolve_missing_preset_layer():
-  spec = _setup("vgg3_blocks")[0]
+  spec = _setup("vgg3_blocks_bn")[0]
   with pytest.raises(ValueError, match="block4_conv1"):
     perm.resolve_layer(spec, "late")
 

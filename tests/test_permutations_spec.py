@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import pickle
 
 import flax.linen as nn
 import jax
@@ -207,7 +208,7 @@ def test_validate_accepts_params_alone():
 
 def test_validate_rejects_bare_params():
   spec, variables = _spec()
-  with pytest.raises(ValueError, match="not in the permutation spec"):
+  with pytest.raises(ValueError, match="not a collection of the spec"):
     perm.validate(spec, variables["params"])
 
 
@@ -217,3 +218,11 @@ def test_spec_is_frozen():
     spec.sizes = {}
   with pytest.raises(TypeError):
     spec.sizes["fc1"] = 3
+
+
+def test_spec_pickles_and_hashes():
+  spec, _ = _spec(batch_norm=True, size=64)
+  restored = pickle.loads(pickle.dumps(spec))
+  assert restored == spec
+  assert hash(restored) == hash(spec)
+  assert restored.num_copies("params/fc1/kernel", 0) == 4

@@ -1,6 +1,6 @@
 """Permutations of network units as pure transforms of variables pytrees.
 
-A `PermutationSpec` says which permutation group acts on each axis of each
+A `PermutationSpec` names the permutation group acting on each axis of each
 leaf; `infer_spec` builds it from a Flax model. A permutation is a dict from
 group name to an int32 index array, and `apply` reindexes a variables pytree
 so that the network computes the same function at another point in weight

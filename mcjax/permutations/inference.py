@@ -42,7 +42,7 @@ def infer_spec(model: nn.Module, variables: Mapping[str, Any],
   of the preceding linear layer. A linear layer whose input size equals the
   multiple of the channel count of the previous layer's map output (rank
   above 2) reads that map through pooling and a row-major channels-last
-  flatten, so its input axis holds one copy of the group per spatial
+  flatten, so its input axis contains one copy of the group per spatial
   position.
 
   Args:
@@ -189,7 +189,7 @@ def _input_copies(call: _LayerCall, in_size: int,
     return 1
   # A flatten of a channels-last map, possibly pooled after the layer: in a
   # row-major flatten the channel index varies fastest, so each spatial
-  # position holds one copy of every channel.
+  # position contains one copy of every channel.
   # NOTE: shapes cannot tell this flatten from one that moves channels
   # first; such a model gets a wrong spec, which the equivalence check
   # (`compare_networks` on a random permutation) reveals.

@@ -11,6 +11,7 @@ problem solved exactly, and the objective never decreases.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import functools
 from typing import Any
 
 from absl import logging
@@ -23,6 +24,7 @@ from mcjax.permutations import spec as spec_lib
 from mcjax.permutations import transforms
 
 
+@jax.jit
 def linear_assignment(similarity: jax.Array) -> jax.Array:
   """Solves max_p sum_i similarity[i, p[i]] over permutations p; jittable.
 
@@ -48,8 +50,8 @@ def weight_matching(spec: spec_lib.PermutationSpec,
 
   Each iteration visits every group once, in an order drawn from
   `fold_in(key, iteration)`. For a group g, entry (i, j) of its similarity
-  matrix is the summed inner product of unit i of network A and unit j of
-  network B (under the current permutation of the other groups) over every
+  matrix is the inner product of unit i of network A and unit j of network
+  B, under the current permutation of the other groups. It sums over every
   axis g acts on: the producing layer's kernel output axis, bias and
   normalisation parameters, and the consumer's input axis, spatial copies
   included. The Hungarian algorithm (`optax.assignment.hungarian_algorithm`)
@@ -91,7 +93,6 @@ def weight_matching(spec: spec_lib.PermutationSpec,
 
   flat_a = pytrees.flatten_with_names(params_a)
   flat_b = pytrees.flatten_with_names(params_b)
-  members = spec.group_axes
   objectives = [float(_objective(spec, p, flat_a, flat_b))]
 
   for iteration in range(max_iter):
@@ -100,10 +101,13 @@ def weight_matching(spec: spec_lib.PermutationSpec,
     improved = False
     for index in order.tolist():
       group = spec.layers[index]
-      similarity = _similarity(spec, p, flat_a, flat_b, group, members[group])
-      old = float(jnp.sum(similarity[jnp.arange(len(p[group])), p[group]]))
-      p[group] = linear_assignment(similarity)
-      new = float(jnp.sum(similarity[jnp.arange(len(p[group])), p[group]]))
+      # The Hungarian solver compiles once per group size, apart from the
+      # similarity, which compiles once per group.
+      similarity = _group_similarity(spec, group, p, flat_a, flat_b)
+      index = linear_assignment(similarity)
+      old, new = (float(x) for x in
+                  _assignment_sums(similarity, p[group], index))
+      p[group] = index
       objectives.append(objectives[-1] + (new - old))
       if new - old > 1e-7 * max(abs(objectives[-1]), 1.0):
         improved = True
@@ -127,6 +131,20 @@ def _params_only(variables: Mapping[str, Any]) -> dict[str, Any]:
   return {"params": variables["params"]}
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _group_similarity(spec, group, p, flat_a, flat_b):
+  return _similarity(spec, p, flat_a, flat_b, group, spec.group_axes[group])
+
+
+@jax.jit
+def _assignment_sums(similarity, old_index, new_index):
+  """Returns the summed similarity under the old and the new assignment."""
+  units = jnp.arange(similarity.shape[0])
+  return (jnp.sum(similarity[units, old_index]),
+          jnp.sum(similarity[units, new_index]))
+
+
+@functools.partial(jax.jit, static_argnums=0)
 def _objective(spec, p, flat_a, flat_b) -> jax.Array:
   """Returns sum over leaves of <a, apply(p, b)>."""
   total = jnp.zeros((), jnp.float32)

@@ -40,7 +40,7 @@ class PermutationSpec:
     consumers: for each group, the conv or dense layer that reads its units.
     output_layer: the last conv or dense layer, whose output is never
       permuted; None where the spec was written by hand without one.
-    copies: for a path whose axis holds several copies of a group, the number
+    copies: for a path whose axis contains several copies of a group, the number
       of copies per axis (1 elsewhere). A conv output of C channels on an
       H x W map that reaches `fc1` through an NHWC flatten gives `fc1/kernel`
       an input axis of H * W * C entries with H * W copies: entry
@@ -73,10 +73,17 @@ class PermutationSpec:
     _check_consistency(self)
 
   def __hash__(self):
-    # A hash lets a spec be a static argument of jax.jit.
-    return hash((tuple(self.axes.items()), tuple(self.sizes.items()),
-                 self.layers, tuple(self.consumers.items()),
-                 self.output_layer, tuple(self.copies.items())))
+    # A hash lets a spec be a static argument of jax.jit. Frozensets make it
+    # independent of dict order, as equality is.
+    return hash((frozenset(self.axes.items()), frozenset(self.sizes.items()),
+                 self.layers, frozenset(self.consumers.items()),
+                 self.output_layer, frozenset(self.copies.items())))
+
+  def __reduce__(self):
+    # Read-only mapping proxies cannot be pickled, so pickle plain dicts.
+    return (PermutationSpec, (dict(self.axes), dict(self.sizes), self.layers,
+                              dict(self.consumers), self.output_layer,
+                              dict(self.copies)))
 
   @property
   def group_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
@@ -94,7 +101,7 @@ class PermutationSpec:
     return tuple(dict.fromkeys(path.split("/", 1)[0] for path in self.axes))
 
   def num_copies(self, path: str, axis: int) -> int:
-    """Returns how many copies of its group the given axis holds (usually 1)."""
+    """Returns how many copies of its group the given axis contains (usually 1)."""
     return self.copies.get(path, (1,) * len(self.axes[path]))[axis]
 
 
@@ -132,15 +139,21 @@ def validate(spec: PermutationSpec, variables: Mapping[str, Any]) -> None:
       {'params': params} passes for a spec with batch norm.
 
   Raises:
-    ValueError: naming the path and the sizes, for a path in `variables` that
-      the spec lacks, a path the spec expects in a present collection that
-      `variables` lacks, a leaf whose rank differs from the spec, or a group
-      whose axes have different sizes.
+    ValueError: naming the path and the sizes. It is raised for a path in
+      `variables` that the spec lacks, or a path of a present collection
+      that `variables` lacks. It is also raised for a leaf whose rank
+      differs from the spec, or a group whose axes have different sizes.
   """
   flat = _flatten_variables(variables)
   present = {path.split("/", 1)[0] for path in flat}
 
   for path in flat:
+    collection = path.split("/", 1)[0]
+    if path not in spec.axes and collection not in spec.collections:
+      raise ValueError(
+          f"Path {path!r} starts with {collection!r}, which is not a "
+          f"collection of the spec ({list(spec.collections)}). Pass "
+          f"variables such as {{'params': params}}, not bare params.")
     if path not in spec.axes:
       raise ValueError(
           f"Path {path!r} (shape {jnp.shape(flat[path])}) is not in the "
