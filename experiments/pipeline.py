@@ -327,11 +327,7 @@ class Pipeline:
           "folder; a shared folder is never overwritten.")
     for dependent in self._dependents(stage.name):
       self._remove_outputs(dependent)
-    if state.status == "partial":
-      logging.info("Stage %s: resuming in %s.", stage.name, folder)
-    else:
-      logging.info("Stage %s: starting from scratch (%s).", stage.name,
-                   state.reason)
+    if state.status != "partial":
       self._remove_outputs(stage)
       os.makedirs(folder, exist_ok=shared)
       storage.write_json(os.path.join(folder, STARTED),
@@ -344,12 +340,22 @@ class Pipeline:
     handler.addFilter(QuietLibraryFilter())
     absl_logger = logging.get_absl_logger()
     absl_logger.addHandler(handler)
+    # Outside `app.run` absl drops INFO records, and stage.log needs them.
+    previous_level = absl_logger.level
+    if absl_logger.getEffectiveLevel() > std_logging.INFO:
+      absl_logger.setLevel(std_logging.INFO)
+    if state.status == "partial":
+      logging.info("Stage %s: resuming in %s.", stage.name, folder)
+    else:
+      logging.info("Stage %s: starting from scratch (%s).", stage.name,
+                   state.reason)
     started = time.time()
     cpu_started = _cpu_seconds()
     try:
       stage.run(self.context)
     finally:
       absl_logger.removeHandler(handler)
+      absl_logger.setLevel(previous_level)
       handler.close()
     seconds = time.time() - started
     cpu_seconds = _cpu_seconds() - cpu_started

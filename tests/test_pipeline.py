@@ -218,3 +218,15 @@ def test_stale_shared_folder_is_error(tmp_path):
   with pytest.raises(pipeline.StageError, match=r"first\.size: 1 -> 99"):
     runner.run()
   assert os.path.exists(os.path.join(shared, pipeline.MARKER))
+
+
+def test_stage_log_records_resume(tmp_path):
+  config = make_config()
+  recorder = Recorder(str(tmp_path))
+  recorder.fail_in = "first"
+  with pytest.raises(KeyboardInterrupt):
+    run(tmp_path, config, recorder=recorder)
+  run(tmp_path, config)
+  log = (tmp_path / "first" / pipeline.LOG_FILE).read_text()
+  assert "Stage first: starting from scratch" in log
+  assert "Stage first: resuming in" in log
