@@ -46,6 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.width = 1.0
   # Batch norm after every convolution (VGG16BN).
   config.model.batch_norm = False
+  # Dropout rate before fc1 and fc2 in training, as in dnn-mode-connectivity.
+  config.model.dropout_rate = 0.5
 
   # Training of the start endpoint, theta_0. The second endpoint of
   # seed0_seed1-style configs (endpoint_b) uses these hyperparameters too.

@@ -71,7 +71,7 @@ class Context:
     cfg = self.config.model
     build = {"vgg16": models.VGG16, "vgg19": models.VGG19}[cfg.name]
     return build(num_classes=self.dataset.num_classes, width=cfg.width,
-                 batch_norm=cfg.batch_norm)
+                 batch_norm=cfg.batch_norm, dropout_rate=cfg.dropout_rate)
 
   def example_input(self, num_examples: int = 2) -> jax.Array:
     """Returns normalised training images, shape (num_examples, H, W, C)."""

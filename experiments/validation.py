@@ -266,6 +266,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check.number("model.width", 0.0, strict=True)
   model_ok = model_ok and not any("model.width" in e for e in check.errors)
   check.one_of("model.batch_norm", (True, False))
+  check.number("model.dropout_rate", 0.0, 1.0)
 
   for section in TRAINING_SECTIONS:
     _check_training(check, section)
