@@ -6,9 +6,8 @@
 Fashion-MNIST is read from its IDX files (Debian's dataset-fashion-mnist
 package puts them in /usr/share/datasets/fashion-mnist), so the run needs no
 network. A VGG16 at width 1/8 (8 to 64 channels) with batch norm and no
-dropout trains on
-20,000 training images. One pair of units of the middle layer block2_conv1
-is swapped, and a 3-bend Bezier curve joins the endpoint and its permuted
+dropout trains on 20,000 training images. One pair of units of the middle
+layer block2_conv1 is swapped, and a 3-bend Bezier curve joins the endpoint and its permuted
 copy. The evaluation uses 11 points and part of each split to keep the run
 short. The analysis uses 61 points, because its cost hardly depends on
 their number.
