@@ -44,6 +44,7 @@ class NotEquivalentError(RuntimeError):
 
 def _interop():
   # Imported only for `.pt` checkpoints: interop needs torch.
+  # NOTE: no test runs the pipeline with .pt endpoint or curve checkpoints.
   from mcjax import interop  # pylint: disable=import-outside-toplevel
   return interop
 
@@ -364,6 +365,9 @@ STAGES = (
         ignore=("dataset.data_dir", "endpoint.shared_dir") +
         _noise("endpoint"),
         shared_dir=lambda config: config.endpoint.shared_dir),
+    # NOTE: endpoint_b's fingerprint differs from endpoint's even for the same
+    # seed, so endpoint_b.shared_dir must name a folder that an endpoint_b
+    # stage wrote, not one of endpoints.sbatch.
     pipeline.Stage(
         "endpoint_b", endpoint_b,
         fields=("dataset", "model", "endpoint", "endpoint_b"),
