@@ -1,6 +1,6 @@
 """Orbax checkpoints of training states, with shape checks and resume.
 
-A checkpoint directory holds one orbax `CheckpointManager` step per save,
+A checkpoint directory contains one orbax `CheckpointManager` step per save,
 named by the optimizer step. Each step stores two items: `state`, the
 training-state pytree (parameters, optimizer state, batch statistics, step
 and per-epoch sums), and `meta`, a small JSON dict (epoch, seed, kind).

@@ -304,6 +304,11 @@ def fit(task: Task, dataset: data.Dataset, config, workdir: str,
         last_saved = step
 
   manager.close()
+  if sigterm.requested:
+    # The signal arrived after the last step; the final state is saved.
+    logging.warning("SIGTERM received after the last step; exiting with "
+                    "status %d.", SIGTERM_EXIT_STATUS)
+    raise SystemExit(SIGTERM_EXIT_STATUS)
   return state
 
 
