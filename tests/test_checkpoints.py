@@ -112,7 +112,7 @@ def test_corrupt_checkpoint_clear_error(one_epoch, dataset, tmp_path):
   _truncate_arrays(newest)
   with pytest.raises(checkpoints.CheckpointError,
                      match=f"{newest} is unreadable.*other saved steps are "
-                           r"\[0\]"):
+                           r"\[0\]: delete or move"):
     training.train_endpoint(MODEL, dataset, _config(), workdir, seed=0)
 
 

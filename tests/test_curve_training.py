@@ -1,5 +1,6 @@
 """Tests for curve training: fixed endpoints, regulariser, a better path."""
 
+import functools
 import json
 import os
 
@@ -63,6 +64,7 @@ def trained_curve(dataset, endpoints, tmp_path_factory):
   return curve, workdir
 
 
+@functools.partial(jax.jit, static_argnames=("mean", "std"))
 def _recomputed_batch_stats(params, template, images, mean, std):
   """Returns batch-norm statistics of `params` over all of `images` at once.
 
@@ -82,7 +84,8 @@ def _worst_test_error(points, template, dataset):
   errors = []
   for params in points:
     batch_stats = _recomputed_batch_stats(
-        params, template, dataset.train.images, dataset.mean, dataset.std)
+        params, template, dataset.train.images, mean=dataset.mean,
+        std=dataset.std)
     metrics = training.evaluate(
         MODEL, {"params": params, "batch_stats": batch_stats}, dataset.test,
         mean=dataset.mean, std=dataset.std)
@@ -112,7 +115,8 @@ def test_middle_bend_trained(trained_curve, endpoints):
 def test_curve_beats_straight_line(trained_curve, endpoints, dataset):
   curve, _ = trained_curve
   template = endpoints[0]["batch_stats"]
-  curve_points = [curves.point(curve, t) for t in TS]
+  point = jax.jit(curves.point)
+  curve_points = [point(curve, t) for t in TS]
   line_points = [curves.linear_point(endpoints[0]["params"],
                                      endpoints[1]["params"], t) for t in TS]
   curve_worst = _worst_test_error(curve_points, template, dataset)
