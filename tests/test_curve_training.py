@@ -68,8 +68,8 @@ def trained_curve(dataset, endpoints, tmp_path_factory):
 def _recomputed_batch_stats(params, template, images, mean, std):
   """Returns batch-norm statistics of `params` over all of `images` at once.
 
-  Flax's BatchNorm stores momentum * old + (1 - momentum) * batch statistic
-  (momentum 0.9 in VGG); starting from zeros, dividing by 0.1 leaves the
+  Flax's BatchNorm stores momentum * old + (1 - momentum) * batch statistic,
+  with momentum 0.9 in VGG. Starting from zeros, dividing by 0.1 leaves the
   batch statistic itself.
   """
   zeros = jax.tree.map(jnp.zeros_like, template)
