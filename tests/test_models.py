@@ -116,7 +116,7 @@ def test_patches_conv_matches_lax_conv():
 def test_auto_impl_picks_patches_for_small_cpu_maps():
   assert jax.default_backend() == "cpu"
   assert models.layers.resolve_conv_impl("auto", 2, 2) == "patches"
-  assert models.layers.resolve_conv_impl("auto", 32, 32) == "xla"
+  assert models.layers.resolve_conv_impl("auto", 64, 64) == "xla"
   with pytest.raises(ValueError, match="conv_impl='fast'"):
     models.layers.resolve_conv_impl("fast", 2, 2)
 
