@@ -1,0 +1,1 @@
+"""Experiment configs for `python -m experiments.run --config configs/FILE.py`."""

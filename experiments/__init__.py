@@ -1,0 +1,1 @@
+"""The staged neuron-swap experiment behind `python -m experiments.run`."""
