@@ -99,7 +99,7 @@ def test_conv_impls_agree(batch_norm):
   patches = models.VGG16(width=1 / 8, batch_norm=batch_norm, conv_impl="patches")
   variables = xla.init(jax.random.key(0), x)
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
-      jnp.shape, patches.init(jax.random.key(0), x))
+      jnp.shape, jax.eval_shape(patches.init, jax.random.key(0), x))
   np.testing.assert_allclose(patches.apply(variables, x),
                              xla.apply(variables, x), rtol=1e-4, atol=1e-5)
 
