@@ -1,6 +1,6 @@
 """Orbax checkpoints of training states, with shape checks and resume.
 
-A checkpoint directory holds one orbax `CheckpointManager` step per save,
+A checkpoint directory contains one orbax `CheckpointManager` step per save,
 named by the optimizer step. Each step stores two items: `state`, the
 training-state pytree (parameters, optimizer state, batch statistics, step
 and per-epoch sums), and `meta`, a small JSON dict (epoch, seed, kind).
@@ -57,6 +57,17 @@ def _stored_shapes(checkpoint_manager, step) -> dict[str, tuple[int, ...]]:
           if hasattr(leaf, "shape")}
 
 
+def _unreadable(checkpoint_manager, step: int,
+                error: Exception) -> CheckpointError:
+  path = os.path.join(str(checkpoint_manager.directory), str(step))
+  others = [other for other in checkpoint_manager.all_steps() if other != step]
+  return CheckpointError(
+      f"Checkpoint {path} is unreadable, so it may be truncated or corrupt. "
+      f"The other saved steps are {others}: delete or move that step "
+      "directory to resume from the newest of them. The read failed with: "
+      f"{str(error)[:300]}")
+
+
 def check_shapes(checkpoint_manager: ocp.CheckpointManager, step: int,
                  target: PyTree) -> None:
   """Raises CheckpointError if checkpoint `step` does not fit `target`.
@@ -74,10 +85,7 @@ def check_shapes(checkpoint_manager: ocp.CheckpointManager, step: int,
   try:
     stored = _stored_shapes(checkpoint_manager, step)
   except (ValueError, OSError, KeyError) as error:
-    raise CheckpointError(
-        f"Checkpoint {path} is unreadable ({error}); it may be truncated or "
-        "corrupt. Delete or move that step directory to resume from an older "
-        "one.") from error
+    raise _unreadable(checkpoint_manager, step, error) from error
   expected = {name: tuple(leaf.shape)
               for name, leaf in pytrees.flatten_with_names(target).items()}
   names = sorted(expected, key=lambda name: not name.startswith("params/"))
@@ -122,17 +130,12 @@ def restore(checkpoint_manager: ocp.CheckpointManager, step: int,
   else:
     check_shapes(checkpoint_manager, step, target)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  path = os.path.join(str(checkpoint_manager.directory), str(step))
   try:
     restored = checkpoint_manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                       meta=ocp.args.JsonRestore()))
   except (ValueError, OSError, KeyError) as error:
-    others = [s for s in checkpoint_manager.all_steps() if s != step]
-    raise CheckpointError(
-        f"Checkpoint {path} is unreadable ({str(error)[:300]}); it may be "
-        f"truncated or corrupt. The other saved steps are {others}: delete or "
-        "move that step directory to resume from the newest of them.") from error
+    raise _unreadable(checkpoint_manager, step, error) from error
   logging.info("Restored checkpoint step %d from %s", step,
                checkpoint_manager.directory)
   return restored["state"], dict(restored["meta"])

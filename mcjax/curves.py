@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+import functools
 import math
 from typing import Any, Literal
 
@@ -176,22 +177,33 @@ def from_bends(bends: Sequence[PyTree], kind: CurveKind = "bezier") -> Curve:
     if mismatch is not None:
       raise ValueError(
           f"Bend {index} does not match bend 0 (first is bend 0): {mismatch}.")
-  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *bends)
-  return Curve(bends=stacked, kind=kind)
+  return Curve(bends=_stack_bends(*bends), kind=kind)
+
+
+@jax.jit
+def _stack_bends(*bends: PyTree) -> PyTree:
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *bends)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _stack_line(params_0: PyTree, params_1: PyTree, num_bends: int) -> PyTree:
+  """Stacks the endpoints with num_bends - 2 evenly spaced points between."""
+  fractions = np.linspace(0.0, 1.0, num_bends)[1:-1]
+
+  def stack(w0, w1):
+    interior = [(1.0 - s) * w0 + s * w1 for s in fractions]
+    # The endpoints are placed as they are, not as 1 * w0 + 0 * w1, so they
+    # keep their exact bits (including the sign of zeros).
+    return jnp.stack([w0, *interior, w1]).astype(w0.dtype)
+
+  return jax.tree.map(stack, params_0, params_1)
 
 
 def _line(params_0: PyTree, params_1: PyTree, num_bends: int,
           kind: CurveKind) -> Curve:
   _check_num_bends(num_bends)
   _check_endpoints(params_0, params_1)
-  fractions = np.linspace(0.0, 1.0, num_bends)
-
-  def stack(w0, w1):
-    w0, w1 = jnp.asarray(w0), jnp.asarray(w1)
-    interior = [(1.0 - s) * w0 + s * w1 for s in fractions[1:-1]]
-    return jnp.stack([w0, *interior, w1]).astype(w0.dtype)
-
-  return Curve(bends=jax.tree.map(stack, params_0, params_1), kind=kind)
+  return Curve(bends=_stack_line(params_0, params_1, int(num_bends)), kind=kind)
 
 
 def bezier(params_0: PyTree, params_1: PyTree, num_bends: int = 3) -> Curve:

@@ -22,14 +22,14 @@ from mcjax.data import fashion_mnist
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN = 256
 NUM_TEST = 200
-BATCH_SIZE = 32
+BATCH_SIZE = 16
 STEPS_PER_EPOCH = NUM_TRAIN // BATCH_SIZE
-MODEL = models.VGG16(width=0.125, batch_norm=True)
+MODEL = models.VGG16(width=0.125, batch_norm=True, dropout_rate=0.0)
 
 
 def _config(**overrides):
   values = dict(epochs=1, batch_size=BATCH_SIZE, learning_rate=0.05,
-                momentum=0.9, weight_decay=5e-4, augment=True,
+                momentum=0.9, weight_decay=5e-4, augment=False,
                 checkpoint_every=1, keep_checkpoints=10,
                 eval_batch_size=NUM_TEST, log_every_steps=1000)
   values.update(overrides)
@@ -112,7 +112,7 @@ def test_corrupt_checkpoint_clear_error(one_epoch, dataset, tmp_path):
   _truncate_arrays(newest)
   with pytest.raises(checkpoints.CheckpointError,
                      match=f"{newest} is unreadable.*other saved steps are "
-                           r"\[0\]"):
+                           r"\[0\]: delete or move"):
     training.train_endpoint(MODEL, dataset, _config(), workdir, seed=0)
 
 
@@ -153,8 +153,8 @@ _SIGTERM_SCRIPT = textwrap.dedent("""
         test=full.test.take({num_test}), num_classes=10, mean=full.mean,
         std=full.std)
     config = ml_collections.ConfigDict({config})
-    training.train_endpoint(models.VGG16(width=0.125, batch_norm=True),
-                            dataset, config, sys.argv[1], seed=0)
+    model = models.VGG16(width=0.125, batch_norm=True, dropout_rate=0.0)
+    training.train_endpoint(model, dataset, config, sys.argv[1], seed=0)
 """)
 
 

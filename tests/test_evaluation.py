@@ -1,5 +1,6 @@
 """Tests for evaluation along curves and lines."""
 
+import functools
 import json
 import os
 
@@ -17,6 +18,7 @@ from mcjax import pytrees
 from mcjax.data import core
 from mcjax.data import fashion_mnist
 from mcjax.data import transforms
+from mcjax.evaluation import passes
 
 NUM_TRAIN = 250  # not a multiple of BATCH, so the last batch is partial
 NUM_TEST = 200
@@ -50,30 +52,60 @@ def dataset():
       std=transforms.FASHION_MNIST_STD)
 
 
-def _init(model, seed):
-  # Jitted, because eager init compiles every op of VGG16 one at a time.
-  init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 32, 32, 1))))
-  return init(jax.random.key(seed))
+def _random_variables(model, seed):
+  """Variables shaped like `model.init`, drawn with NumPy.
+
+  NumPy keeps the tests free of XLA compiles of VGG16's initialisers, which
+  cost more CPU time than every evaluation here. Kernels are He-normal on
+  their fan-in; batch-norm statistics are random so that an endpoint's own
+  statistics differ from recomputed ones.
+  """
+  shapes = passes.variable_shapes(model, (32, 32, 1))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, shape):
+    name = pytrees.path_to_str(path)
+    if name.endswith("kernel"):
+      fan_in = int(np.prod(shape.shape[:-1]))
+      value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape.shape)
+    elif name.endswith("scale"):
+      value = 1.0 + 0.1 * rng.normal(size=shape.shape)
+    elif name.endswith("var"):
+      value = rng.uniform(0.5, 1.5, shape.shape)
+    else:  # biases, BatchNorm biases and running means
+      value = 0.1 * rng.normal(size=shape.shape)
+    return jnp.asarray(value, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-@jax.jit
-def _curve(params_0, params_1):
+def _curve(params_0, params_1, seed=2):
   """A 3-bend Bezier curve whose middle bend is off the straight line."""
-  curve = curves.bezier(params_0, params_1, num_bends=3)
-  leaves, treedef = jax.tree.flatten(curve.bends)
-  keys = jax.random.split(jax.random.key(2), len(leaves))
-  bent = [leaf.at[1].add(0.05 * jax.random.normal(key, leaf.shape[1:]))
-          for leaf, key in zip(leaves, keys)]
-  return curves.Curve(bends=jax.tree.unflatten(treedef, bent), kind=curve.kind)
+  rng = np.random.default_rng(seed)
+
+  def stack(w0, w1):
+    w0, w1 = np.asarray(w0), np.asarray(w1)
+    middle = 0.5 * (w0 + w1) + 0.05 * rng.normal(size=w0.shape)
+    return jnp.asarray(np.stack([w0, middle, w1]), jnp.float32)
+
+  return curves.Curve(bends=jax.tree.map(stack, params_0, params_1),
+                      kind="bezier")
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_apply(model):
+  return jax.jit(lambda variables, x: model.apply(variables, x, train=False))
 
 
 def _direct_metrics(model, variables, split, mean, std):
-  """Returns mean nll, error (%), nll sum and correct count over a split.
+  """Returns float64 nll sum, correct count and near-tie count over a split.
 
   The logits come from one jitted `model.apply` per 50 examples, and the
-  log-softmax runs in float64 NumPy.
+  log-softmax runs in float64 NumPy. A near tie is an example whose two
+  largest logits differ by less than 1e-4, where float32 rounding in a
+  differently batched computation may change the argmax.
   """
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  apply = _jitted_apply(model)
   x = transforms.normalize(split.images, mean, std)
   logits = np.concatenate([np.asarray(apply(variables, x[i:i + 50]),
                                       np.float64)
@@ -82,13 +114,21 @@ def _direct_metrics(model, variables, split, mean, std):
   shifted = logits - logits.max(axis=1, keepdims=True)
   log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
   nll = -log_probs[np.arange(labels.size), labels]
-  correct = logits.argmax(axis=1) == labels
-  return nll.mean(), 100.0 * (1.0 - correct.mean()), nll.sum(), correct.sum()
+  top_two = np.sort(logits, axis=1)[:, -2:]
+  near_ties = int(np.sum(top_two[:, 1] - top_two[:, 0] < 1e-4))
+  return nll.sum(), int(np.sum(logits.argmax(axis=1) == labels)), near_ties
+
+
+def _assert_error_matches(error, num_correct, near_ties, num_examples):
+  """Checks an error (%) against a direct correct count, up to near ties."""
+  evaluated_correct = num_examples * (1.0 - error / 100.0)
+  assert abs(evaluated_correct - num_correct) <= near_ties + 1e-9
 
 
 @pytest.fixture(scope="module")
 def plain_curve():
-  return _curve(_init(MODEL, 0)["params"], _init(MODEL, 1)["params"])
+  return _curve(_random_variables(MODEL, 0)["params"],
+                _random_variables(MODEL, 1)["params"])
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +156,12 @@ def test_endpoints_equal_direct_evaluation(dataset, plain_curve,
                                            one_at_a_time):
   for index, params in zip((0, -1), curves.endpoints(plain_curve)):
     for split, prefix in ((dataset.train, "train"), (dataset.test, "test")):
-      nll, error, _, _ = _direct_metrics(MODEL, {"params": params}, split,
-                                         dataset.mean, dataset.std)
+      nll_sum, num_correct, near_ties = _direct_metrics(
+          MODEL, {"params": params}, split, dataset.mean, dataset.std)
       np.testing.assert_allclose(one_at_a_time.series[f"{prefix}_nll"][index],
-                                 nll, rtol=1e-5)
-      assert one_at_a_time.series[f"{prefix}_error"][index] == error
+                                 nll_sum / len(split), rtol=1e-5)
+      _assert_error_matches(one_at_a_time.series[f"{prefix}_error"][index],
+                            num_correct, near_ties, len(split))
 
 
 def test_partial_last_batch_counted_once(dataset, plain_curve):
@@ -130,10 +171,10 @@ def test_partial_last_batch_counted_once(dataset, plain_curve):
   nll_sum, num_correct = evaluation.metric_sums(
       MODEL, dataset.test, stacked, None, mean=dataset.mean, std=dataset.std,
       batch_size=BATCH)
-  _, _, direct_sum, direct_correct = _direct_metrics(
+  direct_sum, direct_correct, near_ties = _direct_metrics(
       MODEL, {"params": params}, dataset.test, dataset.mean, dataset.std)
   np.testing.assert_allclose(nll_sum[0], direct_sum, rtol=1e-5)
-  assert num_correct[0] == direct_correct
+  assert abs(num_correct[0] - direct_correct) <= near_ties
 
 
 def test_train_loss_adds_l2_term(plain_curve, one_at_a_time):
@@ -145,35 +186,21 @@ def test_train_loss_adds_l2_term(plain_curve, one_at_a_time):
       one_at_a_time.series["train_nll"][1] + 0.5 * 5e-4 * squared, rtol=1e-5)
 
 
-def _random_stats(template, seed):
-  key_mean, key_var = jax.random.split(jax.random.key(seed))
-  return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: (
-          0.1 * jax.random.normal(key_mean, leaf.shape)
-          if pytrees.path_to_str(path).endswith("mean")
-          else jax.random.uniform(key_var, leaf.shape, minval=0.5, maxval=1.5)),
-      template)
-
-
 def test_batch_norm_curve_endpoints_match(dataset):
-  variables = [_init(BN_MODEL, seed) for seed in (0, 1)]
-  stats = [_random_stats(v["batch_stats"], seed)
-           for seed, v in zip((3, 4), variables)]
+  variables = [_random_variables(BN_MODEL, seed) for seed in (0, 1)]
+  stats = [v["batch_stats"] for v in variables]
   curve = _curve(variables[0]["params"], variables[1]["params"])
   result = evaluation.evaluate_curve(
       BN_MODEL, dataset, curve, batch_stats=tuple(stats), num_points=2,
       points_per_pass=1, batch_size=BATCH, progress=False)
   for index, (v, s) in zip((0, -1), zip(variables, stats)):
-    nll, error, _, _ = _direct_metrics(
+    nll_sum, num_correct, near_ties = _direct_metrics(
         BN_MODEL, {"params": v["params"], "batch_stats": s}, dataset.test,
         dataset.mean, dataset.std)
-    np.testing.assert_allclose(result.series["test_nll"][index], nll,
-                               rtol=1e-5, atol=1e-5)
-    assert result.series["test_error"][index] == error
-
-
-def _tiny_variables(seed):
-  return TinyBN().init(jax.random.key(seed), jnp.zeros((1, 32, 32, 1)))
+    np.testing.assert_allclose(result.series["test_nll"][index],
+                               nll_sum / NUM_TEST, rtol=1e-5, atol=1e-5)
+    _assert_error_matches(result.series["test_error"][index], num_correct,
+                          near_ties, NUM_TEST)
 
 
 def _numpy_conv_moments(params, split, mean, std):
@@ -184,7 +211,7 @@ def _numpy_conv_moments(params, split, mean, std):
 
 
 def test_recomputed_stats_match_numpy(dataset):
-  params = [_tiny_variables(seed)["params"] for seed in (0, 1)]
+  params = [_random_variables(TinyBN(), seed)["params"] for seed in (0, 1)]
   stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
   stats = evaluation.recompute_batch_stats(
       TinyBN(), dataset.train, stacked, mean=dataset.mean, std=dataset.std,
@@ -197,7 +224,7 @@ def test_recomputed_stats_match_numpy(dataset):
 
 
 def test_batch_norm_interior_uses_recomputed_stats(dataset):
-  variables = [_tiny_variables(seed) for seed in (0, 1)]
+  variables = [_random_variables(TinyBN(), seed) for seed in (0, 1)]
   curve = _curve(variables[0]["params"], variables[1]["params"])
   endpoint_stats = tuple(v["batch_stats"] for v in variables)
   kwargs = dict(batch_stats=endpoint_stats, num_points=3, batch_size=BATCH,
@@ -211,28 +238,35 @@ def test_batch_norm_interior_uses_recomputed_stats(dataset):
                                   dataset.std)
   direct_stats = {"bn": {"mean": jnp.asarray(mean, jnp.float32),
                          "var": jnp.asarray(var, jnp.float32)}}
-  nll, _, _, _ = _direct_metrics(
+  nll_sum, _, _ = _direct_metrics(
       TinyBN(), {"params": middle, "batch_stats": direct_stats}, dataset.test,
       dataset.mean, dataset.std)
-  np.testing.assert_allclose(together.series["test_nll"][1], nll, rtol=1e-5)
+  np.testing.assert_allclose(together.series["test_nll"][1],
+                             nll_sum / NUM_TEST, rtol=1e-5)
   np.testing.assert_allclose(together.series["test_nll"],
                              single.series["test_nll"], rtol=1e-5)
 
 
 def test_line_length_is_endpoint_distance():
-  params_0, params_1 = _init(MODEL, 0)["params"], _init(MODEL, 1)["params"]
+  params_0 = _random_variables(MODEL, 0)["params"]
+  params_1 = _random_variables(MODEL, 1)["params"]
   distance = np.sqrt(sum(
       np.sum(np.square(np.asarray(b, np.float64) - np.asarray(a, np.float64)))
       for a, b in zip(jax.tree.leaves(params_0), jax.tree.leaves(params_1))))
-  for curve in (curves.bezier(params_0, params_1, num_bends=2),
-                curves.polychain(params_0, params_1, num_bends=4)):
+  # NumPy stacking, because eager jnp.stack compiles once per leaf shape.
+  line = jax.tree.map(lambda a, b: np.stack([a, b]), params_0, params_1)
+  chain = jax.tree.map(
+      lambda a, b: np.stack([a, (2 * a + b) / 3, (a + 2 * b) / 3, b]),
+      params_0, params_1)
+  for curve in (curves.Curve(bends=line, kind="bezier"),
+                curves.Curve(bends=chain, kind="polychain")):
     np.testing.assert_allclose(evaluation.path_length(curve), distance,
                                rtol=1e-6)
 
 
 def test_bezier_length_matches_scipy_quad():
   bends = np.asarray(jax.random.normal(jax.random.key(0), (4, 6)), np.float64)
-  curve = curves.from_bends([jnp.asarray(b, jnp.float32) for b in bends])
+  curve = curves.Curve(bends=jnp.asarray(bends, jnp.float32))
   bends = np.asarray(curve.bends, np.float64)
   degree = 3
 
@@ -253,7 +287,7 @@ def test_bezier_length_matches_scipy_quad():
 
 def test_integral_on_quadratic_path():
   # theta(t) = t^2 (bends 0, 0, 1), so the speed is 2t and the length 1.
-  curve = curves.from_bends([jnp.zeros(()), jnp.zeros(()), jnp.ones(())])
+  curve = curves.Curve(bends=jnp.array([0.0, 0.0, 1.0]))
   t = np.linspace(0.0, 1.0, 5)
   weights = evaluation.arc_weights(curve, t)
   np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-12)

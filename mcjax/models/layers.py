@@ -16,8 +16,12 @@ CONV_IMPLS = ("auto", "xla", "patches")
 # XLA's CPU backend runs a 3x3 convolution on a 2x2 feature map at about
 # 2 GFLOP/s against 70-240 GFLOP/s for larger maps (jax 0.10.2, 2-core AVX-512
 # machine; see benchmarks/RESULTS.md). At or below this many pixels per map the
-# patch-plus-matmul path is faster on the CPU.
-CPU_PATCHES_MAX_PIXELS = 4
+# patch-plus-matmul path is used on the CPU. benchmarks/train_step.py measured
+# it faster than XLA's convolution, forward plus backward at batch 128, for
+# every VGG16 layer shape from 32x32 down to 2x2 (3.3x at 32x32 64->64, even
+# within 6% at 4x4 256->512). Patches take 9x the input's memory, so maps
+# larger than 32x32 keep XLA's convolution.
+CPU_PATCHES_MAX_PIXELS = 32 * 32
 
 
 def he_normal_fan_out(key, shape, dtype=jnp.float32):

@@ -122,7 +122,16 @@ def _truncate_metrics(path: str, completed_epochs: int) -> None:
     return
   with open(path) as f:
     lines = [line for line in f if line.strip()]
-  kept = [line for line in lines if json.loads(line)["epoch"] <= completed_epochs]
+  kept = []
+  for line in lines:
+    try:
+      epoch = json.loads(line)["epoch"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+      # A process killed while writing leaves a partial last line.
+      logging.warning("Dropping an unreadable line of %s: %r", path, line)
+      continue
+    if epoch <= completed_epochs:
+      kept.append(line)
   if len(kept) != len(lines):
     temporary = path + ".tmp"
     with open(temporary, "w") as f:
@@ -304,6 +313,11 @@ def fit(task: Task, dataset: data.Dataset, config, workdir: str,
         last_saved = step
 
   manager.close()
+  if sigterm.requested:
+    # The signal arrived after the last step; the final state is saved.
+    logging.warning("SIGTERM received after the last step; exiting with "
+                    "status %d.", SIGTERM_EXIT_STATUS)
+    raise SystemExit(SIGTERM_EXIT_STATUS)
   return state
 
 

@@ -241,6 +241,10 @@ def curve_step(config: StepConfig, state: PyTree, images: jax.Array,
 
   def loss_at(bends, t, point_key):
     theta = curves.point(curves.Curve(bends=bends, kind=config.kind), t)
+    # Without the barrier XLA's CPU backend may fuse the weighted sum over
+    # bends into the convolutions' kernel operand, which makes them
+    # several times slower; theta is materialised once instead.
+    theta = jax.lax.optimization_barrier(theta)
     logits, _ = config.model.apply(
         {"params": theta}, x, train=True, rngs={"dropout": point_key},
         mutable=["batch_stats"])
