@@ -167,3 +167,24 @@ def test_curve_config_two_bends_rejected(dataset, endpoints, tmp_path):
   with pytest.raises(ValueError, match="num_bends"):
     training.train_curve(MODEL, dataset, _curve_config(num_bends=2),
                          str(tmp_path), endpoints[0], endpoints[1])
+
+
+def test_several_t_per_batch_keeps_endpoints(dataset, endpoints, tmp_path):
+  # Two t per batch go through the vmapped loss; a polygonal chain without
+  # the regulariser covers the other kind and mode.
+  config = _curve_config(epochs=1, t_per_batch=2, kind="polychain",
+                         regularization="noreg")
+  curve = training.train_curve(MODEL, dataset, config, str(tmp_path),
+                               endpoints[0], endpoints[1], seed=0)
+  assert curve.kind == "polychain"
+  start, end = curves.endpoints(curve)
+  for got, expected in ((start, endpoints[0]["params"]),
+                        (end, endpoints[1]["params"])):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+      np.testing.assert_array_equal(a, b)
+  middle = jax.tree.map(lambda leaf: leaf[1], curve.bends)
+  midpoint = jax.tree.map(lambda a, b: 0.5 * (a + b), endpoints[0]["params"],
+                          endpoints[1]["params"])
+  moved = [float(jnp.max(jnp.abs(a - b)))
+           for a, b in zip(jax.tree.leaves(middle), jax.tree.leaves(midpoint))]
+  assert max(moved) > 1e-4

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mcjax.analysis import distances as distances_lib
-from mcjax.analysis import files
+from mcjax import files
 from mcjax.analysis import units as units_lib
 
 NPZ_SUFFIX = ".npz"

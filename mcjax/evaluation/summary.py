@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
+
+from mcjax import files
 
 BARRIER_DEFINITION = (
     "barrier = max over the evaluated t of the series minus the larger of "
@@ -143,20 +144,6 @@ def summarize(result: PathEvaluation) -> dict[str, Any]:
   }
 
 
-def _write_atomically(path: str, write) -> None:
-  """Writes through `write(file)` to a temporary name, then renames to path."""
-  directory = os.path.dirname(path) or "."
-  handle, temporary = tempfile.mkstemp(
-      dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(handle, "wb") as f:
-      write(f)
-    os.replace(temporary, path)
-  except BaseException:
-    os.unlink(temporary)
-    raise
-
-
 def save(result: PathEvaluation, summary: dict[str, Any], out_dir: str,
          prefix: str) -> tuple[str, str]:
   """Writes the series as `{prefix}.npz` and the summary as `{prefix}.json`.
@@ -178,9 +165,9 @@ def save(result: PathEvaluation, summary: dict[str, Any], out_dir: str,
             "metadata": np.array(json.dumps(metadata))}
   arrays.update({f"series/{name}": values
                  for name, values in result.series.items()})
-  _write_atomically(npz_path, lambda f: np.savez(f, **arrays))
+  files.atomic_write(npz_path, lambda f: np.savez(f, **arrays))
   text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
-  _write_atomically(json_path, lambda f: f.write(text.encode("utf-8")))
+  files.atomic_write(json_path, lambda f: f.write(text.encode("utf-8")))
   return npz_path, json_path
 
 

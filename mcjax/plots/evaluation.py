@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
-from mcjax.analysis import files
+from mcjax import files
 
 PATHS = ("curve", "line")
 QUANTITIES = ("train_loss", "test_error")

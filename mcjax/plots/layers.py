@@ -17,7 +17,7 @@ import numpy as np
 import tqdm
 
 from mcjax.analysis import distances as distances_lib
-from mcjax.analysis import files
+from mcjax import files
 
 BAR_COLOR = "#4c72b0"
 HIGHLIGHT_COLOR = "#dd4444"

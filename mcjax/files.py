@@ -20,6 +20,11 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
   handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-",
                                        suffix="-" + os.path.basename(path))
   try:
+    # mkstemp creates the file readable by its owner only; give the result
+    # the permissions a plain open() would under the current umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     with os.fdopen(handle, "wb") as file:
       write(file)
     os.replace(temporary, path)
