@@ -44,7 +44,7 @@ class NotEquivalentError(RuntimeError):
 
 def _interop():
   # Imported only for `.pt` checkpoints: interop needs torch.
-  # NOTE: no test runs the pipeline with .pt endpoint or curve checkpoints.
+  # NOTE: no test runs the pipeline with a .pt curve checkpoint.
   from mcjax import interop  # pylint: disable=import-outside-toplevel
   return interop
 

@@ -251,3 +251,36 @@ def test_inequivalent_permutation_stops(runs, tmp_path, monkeypatch):
                                           "permutation.json"))
   assert record["check"]["equivalent"] is False
   assert not os.path.exists(os.path.join(workdir, "permute", pipeline.MARKER))
+
+
+def test_pt_endpoint_checkpoint_is_imported(tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  from mcjax import interop  # pylint: disable=import-outside-toplevel
+  from mcjax import models  # pylint: disable=import-outside-toplevel
+  from mcjax import pytrees  # pylint: disable=import-outside-toplevel
+
+  model_config = tiny_config().model
+  model = models.VGG16(num_classes=10, width=model_config.width,
+                       batch_norm=model_config.batch_norm,
+                       dropout_rate=model_config.dropout_rate)
+  example = np.zeros((1, 32, 32, 1), np.float32)
+  variables = jax.device_get(jax.jit(model.init)(jax.random.key(7), example))
+  path = str(tmp_path / "endpoint.pt")
+  interop.save_endpoint(path, model, variables)
+
+  workdir = str(tmp_path / "run")
+  experiment.run(tiny_config(**{"endpoint.checkpoint": path}), workdir,
+                 stages=["endpoint", "permute"])
+
+  loaded = pytrees.flatten_with_names(storage.load_tree(
+      os.path.join(workdir, "endpoint", "variables.npz")))
+  expected = pytrees.flatten_with_names(variables)
+  assert sorted(loaded) == sorted(expected)
+  for name, leaf in expected.items():
+    np.testing.assert_array_equal(loaded[name], leaf)
+  summary = storage.read_json(os.path.join(workdir, "endpoint", "summary.json"))
+  assert summary["checkpoint"] == path
+  record = storage.read_json(
+      os.path.join(workdir, "permute", "permutation.json"))
+  assert record["check"]["equivalent"]
+  assert record["check"]["prediction_agreement"] == 1.0
