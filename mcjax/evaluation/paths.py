@@ -172,8 +172,9 @@ def evaluate_curve(model: nn.Module, dataset: core.Dataset,
         memory_budget_bytes=memory_budget_bytes)
   chunks = _chunks(num_points, points_per_pass)
   slots = chunks[0].size
-  logging.info("Evaluating %s (%s, %d bends) at %d t in %d passes of %d "
-               "points; batch norm: %s", name, curve.kind, curve.num_bends,
+  logging.info("Evaluating %s (%s, %d bends including the endpoints) at %d "
+               "t, in %d group(s) of up to %d points per pass over the data; "
+               "batch norm: %s", name, curve.kind, curve.num_bends,
                num_points, len(chunks), slots,
                "recomputed" if has_batch_norm else "none")
 

@@ -226,7 +226,8 @@ def fit(task: Task, dataset: data.Dataset, config, workdir: str,
 
   logging.info("Training %s on %d device(s): %s", task.kind,
                len(jax.devices()), ", ".join(str(d) for d in jax.devices()))
-  logging.info("%d trainable parameters, %d examples, %d steps per epoch, "
+  # For a curve this counts every bend, the two fixed endpoints included.
+  logging.info("%d parameters, %d examples, %d steps per epoch, "
                "%d epochs", _parameter_count(state["params"]), num_examples,
                batches, config.epochs)
 
