@@ -31,7 +31,7 @@ class Context:
     workdir: the experiment folder; each stage writes under
       `workdir/<stage name>/` unless `folder_of` returns another folder.
     folder_of: returns the output folder of a stage name (the pipeline's
-      `folder`, which knows about shared endpoint folders).
+      `folder`, which resolves shared endpoint folders).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,

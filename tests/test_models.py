@@ -53,7 +53,7 @@ def test_batch_norm_names_and_stats():
 
 
 def test_flatten_size_for_larger_input():
-  # 64x64 input leaves a 2x2 map after five pools: fc1 sees 2 * 2 * 64.
+  # 64x64 input leaves a 2x2 map after five pools: fc1 reads 2 * 2 * 64 features.
   variables = _init(models.VGG16(width=1 / 8), shape=(1, 64, 64, 3))
   assert variables["params"]["fc1"]["kernel"].shape == (256, 64)
 

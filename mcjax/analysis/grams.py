@@ -72,7 +72,7 @@ def layer_groups(params: PyTree,
 
   Args:
     params: a parameter pytree (nested dicts), or a curve's `bends`.
-    layers: the layer names in the order wanted. Must name every module of
+    layers: the layer names in the requested order. Must name every module of
       `params` exactly once. When None, VGG names (`block{b}_conv{l}`,
       `block{b}_bn{l}`, `fc{k}`) are put in forward order, each batch-norm
       module after its convolution; a tree with any other module name keeps

@@ -12,7 +12,7 @@ import numpy as np
 from mcjax.data import core
 from mcjax.data import transforms
 
-# Where Debian's dataset-fashion-mnist package installs the IDX files.
+# Folder of the IDX files that Debian's dataset-fashion-mnist package installs.
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -38,7 +38,7 @@ def read_idx(path: str) -> np.ndarray:
             f"{path} is not an IDX file: its header is {header!r}.")
       if header[2] != 0x08:
         raise ValueError(
-            f"{path} holds IDX type 0x{header[2]:02x}; only unsigned bytes "
+            f"{path} has IDX type 0x{header[2]:02x}; only unsigned bytes "
             "(0x08) are supported.")
       sizes = f.read(4 * header[3])
       if len(sizes) != 4 * header[3]:

@@ -174,7 +174,7 @@ def load(name: str, *, source: str = "auto",
   Raises:
     ValueError: an unknown name or source, or a corrupt file (named in the
       message).
-    DatasetNotFoundError: no source holds the dataset; the message lists
+    DatasetNotFoundError: the dataset is not found in any source. The message lists
       every place searched and how to get the data.
   """
   _check_arguments(name, source, download, num_validation, validation)
