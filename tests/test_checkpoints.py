@@ -9,15 +9,14 @@ import sys
 import textwrap
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from mcjax import checkpoints
-from mcjax import data
 from mcjax import models
 from mcjax import training
-from mcjax.data import fashion_mnist
+
+import training_helpers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN = 256
@@ -28,21 +27,13 @@ MODEL = models.VGG16(width=0.125, batch_norm=True, dropout_rate=0.0)
 
 
 def _config(**overrides):
-  values = dict(epochs=1, batch_size=BATCH_SIZE, learning_rate=0.05,
-                momentum=0.9, weight_decay=5e-4, augment=False,
-                checkpoint_every=1, keep_checkpoints=10,
-                eval_batch_size=NUM_TEST, log_every_steps=1000)
-  values.update(overrides)
-  return ml_collections.ConfigDict(values)
+  values = dict(epochs=1, batch_size=BATCH_SIZE, eval_batch_size=NUM_TEST)
+  return training_helpers.train_config(**{**values, **overrides})
 
 
 @pytest.fixture(scope="module")
 def dataset():
-  full = fashion_mnist.load_idx()
-  return data.Dataset(name=full.name, train=full.train.take(NUM_TRAIN),
-                      test=full.test.take(NUM_TEST),
-                      num_classes=full.num_classes, mean=full.mean,
-                      std=full.std)
+  return training_helpers.fashion_mnist_subset(NUM_TRAIN, NUM_TEST)
 
 
 @pytest.fixture(scope="module")

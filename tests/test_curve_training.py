@@ -6,7 +6,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -14,7 +13,8 @@ from mcjax import curves
 from mcjax import data
 from mcjax import models
 from mcjax import training
-from mcjax.data import fashion_mnist
+
+import training_helpers
 
 NUM_TRAIN = 256
 NUM_TEST = 200
@@ -25,12 +25,9 @@ TS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def _config(**overrides):
-  values = dict(epochs=4, batch_size=BATCH_SIZE, learning_rate=0.05,
-                momentum=0.9, weight_decay=WEIGHT_DECAY, augment=False,
-                checkpoint_every=1, keep_checkpoints=10,
-                eval_batch_size=NUM_TEST, log_every_steps=1000)
-  values.update(overrides)
-  return ml_collections.ConfigDict(values)
+  values = dict(epochs=4, batch_size=BATCH_SIZE, eval_batch_size=NUM_TEST,
+                weight_decay=WEIGHT_DECAY)
+  return training_helpers.train_config(**{**values, **overrides})
 
 
 def _curve_config(**overrides):
@@ -42,11 +39,7 @@ def _curve_config(**overrides):
 
 @pytest.fixture(scope="module")
 def dataset():
-  full = fashion_mnist.load_idx()
-  return data.Dataset(name=full.name, train=full.train.take(NUM_TRAIN),
-                      test=full.test.take(NUM_TEST),
-                      num_classes=full.num_classes, mean=full.mean,
-                      std=full.std)
+  return training_helpers.fashion_mnist_subset(NUM_TRAIN, NUM_TEST)
 
 
 @pytest.fixture(scope="module")
